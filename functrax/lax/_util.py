@@ -1,0 +1,75 @@
+"""Shared pieces for primitive definitions: shape checks with clear messages, and the
+abstract-eval helpers for elementwise primitives."""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import core, dtypes
+from ..core import ShapedArray
+
+
+def broadcast_shapes(name, *shapes):
+    """numpy's broadcasting of shapes, raising ``TypeError`` that names the operation."""
+    ndim = max((len(s) for s in shapes), default=0)
+    out = []
+    for i in range(ndim):
+        size = 1
+        for s in shapes:
+            j = i - (ndim - len(s))
+            if j < 0:
+                continue
+            d = s[j]
+            if d == 1:
+                continue
+            if size == 1:
+                size = d
+            elif d != size:
+                pretty = " and ".join(str(tuple(s)) for s in shapes)
+                raise TypeError(f"{name}: shapes {pretty} do not broadcast")
+        out.append(size)
+    return tuple(out)
+
+
+def standard_elementwise_abstract_eval(name, *avals, out_dtype=None, require=None,
+                                       require_msg=""):
+    """Broadcast the shapes, promote the dtypes (NEP 50), optionally check the dtype kind."""
+    shape = avals[0].shape if len(avals) == 1 else broadcast_shapes(
+        name, *[a.shape for a in avals])
+    dtype, weak = dtypes.promote_avals_dtype(avals)
+    if require is not None and not require(dtype):
+        got = ", ".join(a.dtype.name for a in avals)
+        raise TypeError(f"{name}: {require_msg} (got {got})")
+    if out_dtype is not None:
+        return ShapedArray(shape, out_dtype, False)
+    return ShapedArray(shape, dtype, weak)
+
+
+def check_axes(name, axes, ndim):
+    """Normalize and check a tuple of axes (negative allowed) for an array of rank ``ndim``."""
+    out = []
+    for a in axes:
+        a = int(a)
+        if not -ndim <= a < ndim:
+            raise ValueError(f"{name}: axis {a} is out of bounds for an array of rank {ndim}")
+        out.append(a % ndim if ndim else a)
+    if len(set(out)) != len(out):
+        raise ValueError(f"{name}: repeated axis in {tuple(axes)}")
+    return tuple(out)
+
+
+def asarray_np(x):
+    return np.asarray(x)
+
+
+def array_namespace(*xs):
+    """numpy, or CuPy when an operand is a CuPy array: impls run through the array's module."""
+    for x in xs:
+        mod = type(x).__module__
+        if mod.startswith("cupy"):
+            import cupy
+            return cupy
+    return np
+
+
+def aval_of(x) -> ShapedArray:
+    return core.get_aval(x)
