@@ -13,6 +13,10 @@ from .core import ClosedJaxpr, Jaxpr, typecheck_jaxpr, eval_jaxpr  # noqa: F401
 from .interpreters.jvp import Zero  # noqa: F401
 from .numpy import array_methods as _array_methods
 from . import tree  # noqa: F401
+from .jit import *  # noqa: F401,F403
+from .custom_derivatives import *  # noqa: F401,F403
+from .remat import *  # noqa: F401,F403
+from . import random, nn, optim, checkpoints, test_util  # noqa: F401,E402
 
 _array_methods.install()
 

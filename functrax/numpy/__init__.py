@@ -20,3 +20,8 @@ from .creation import *  # noqa: F401,F403
 from .reductions import *  # noqa: F401,F403
 from .reductions import sum, max, min  # noqa: F401
 from .shape_ops import *  # noqa: F401,F403
+from .indexing import *  # noqa: F401,F403
+from .sorting import *  # noqa: F401,F403
+from .linear import *  # noqa: F401,F403
+from .misc import *  # noqa: F401,F403
+from . import linalg  # noqa: F401
