@@ -16,7 +16,6 @@ from __future__ import annotations
 import itertools
 import os
 import sys
-import threading
 from contextlib import contextmanager
 from typing import Any, Callable, NamedTuple
 
@@ -198,7 +197,18 @@ class Primitive:
                 if isinstance(a, Tracer):
                     break
             else:
-                return self._bind_eager(args, params)
+                # The eager fast path, inlined: it is on every eager numpy call.
+                try:
+                    out = self.impl(*args, **params)
+                except Exception as e:
+                    self._explain_eager_failure(e, args, params)
+                    raise
+                if self.multiple_results:
+                    return [wrap_array(o) for o in out]
+                t = type(out)
+                if t is np.ndarray:
+                    return out.view(Array)
+                return out if t is Array else wrap_array(out)
         return self._bind_traced(args, params)
 
     def _bind_eager(self, args, params):
@@ -334,7 +344,12 @@ class EvalTrace(Trace):
         return primitive._bind_eager(tracers, params)
 
 
-class _TraceState(threading.local):
+class _TraceState:
+    """The interpreter stack. A plain object, not threading.local: attribute access on it is
+    on the eager fast path, and tracing is not meant to run in several threads at once."""
+
+    __slots__ = ("stack", "dynamic", "source_info")
+
     def __init__(self):
         self.stack = [MainTrace(0, EvalTrace, None)]
         self.dynamic = None

@@ -524,9 +524,13 @@ def _flatten_up_to(node, x, out):
             raise _StructureMismatch(
                 f"{kind.label} node data differs: expected {aux!r}, got {xaux!r}")
     if len(kids) != len(children):
-        raise _StructureMismatch(
-            f"expected {_describe(kind, aux, len(children))}, got one with "
-            f"{len(kids)} children")
+        if kind is _LIST or kind is _TUPLE:
+            reason = (f"expected a {kind.label} of length {len(children)}, "
+                      f"got one of length {len(kids)}")
+        else:
+            reason = (f"expected {_describe(kind, aux, len(children))} with "
+                      f"{len(children)} children, got one with {len(kids)}")
+        raise _StructureMismatch(reason)
     if type(node[2]) is int:
         out.extend(kids)
         return

@@ -31,8 +31,9 @@ def broadcast_shapes(name, *shapes):
 
 
 def standard_elementwise_abstract_eval(name, *avals, out_dtype=None, require=None,
-                                       require_msg=""):
-    """Broadcast the shapes, promote the dtypes (NEP 50), optionally check the dtype kind."""
+                                       require_msg="", **params):
+    """Broadcast the shapes, promote the dtypes (NEP 50), optionally check the dtype kind.
+    Static ``params`` of the primitive (integer_pow's exponent, ...) do not change the type."""
     shape = avals[0].shape if len(avals) == 1 else broadcast_shapes(
         name, *[a.shape for a in avals])
     dtype, weak = dtypes.promote_avals_dtype(avals)

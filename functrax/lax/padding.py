@@ -14,15 +14,19 @@ from ..interpreters import batching
 from ..interpreters import jvp as ad
 from ..interpreters.jvp import Zero
 from ..interpreters.transpose import is_undefined_primal, transpose_rules
+from ._util import array_namespace
+
+__all__ = ["pad", "pad_p"]
 
 
 def _pad_impl(x, padding_value, *, padding_config):
-    x = np.asarray(x)
+    xp = array_namespace(x)
+    x = xp.asarray(x)
     # Apply the non-negative part of low/high and the interior padding, then crop the
     # negative part of low/high.
     grown = [max(lo, 0) + d + max(d - 1, 0) * i + max(hi, 0)
              for d, (lo, hi, i) in zip(x.shape, padding_config)]
-    out = np.full(grown, padding_value, dtype=x.dtype)
+    out = xp.full(grown, padding_value, dtype=x.dtype)
     out[_interior_index(x.shape, padding_config)] = x
     crop = tuple(slice(max(-lo, 0), g - max(-hi, 0))
                  for g, (lo, hi, _) in zip(grown, padding_config))
@@ -45,6 +49,9 @@ def _pad_abstract_eval(x, padding_value, *, padding_config):
                         f"{x.str_short()}, got {len(padding_config)}")
     if padding_value.shape != ():
         raise TypeError(f"pad: padding_value must be a scalar, got {padding_value.str_short()}")
+    if padding_value.dtype != x.dtype:
+        raise TypeError(f"pad: padding_value dtype {padding_value.dtype.name} differs from the "
+                        f"operand dtype {x.dtype.name}")
     if any(i < 0 for _, _, i in padding_config):
         raise ValueError(f"pad: interior padding must be non-negative, got {padding_config}")
     shape = _pad_shape(x.shape, padding_config)
@@ -62,6 +69,12 @@ pad_p.def_abstract_eval(_pad_abstract_eval)
 def pad(x, padding_value, padding_config):
     """Pad x with a scalar: per dim (low, high, interior); negative low/high crop."""
     config = tuple((int(lo), int(hi), int(i)) for lo, hi, i in padding_config)
+    x_aval, v_aval = get_aval(x), get_aval(padding_value)
+    if v_aval.dtype != x_aval.dtype and v_aval.shape == ():
+        # A Python scalar (or another dtype) pads in the operand's dtype, so the padding
+        # value's tangent and cotangent have the operand's type too.
+        from .structural import convert_element_type
+        padding_value = convert_element_type(padding_value, x_aval.dtype)
     return pad_p.bind(x, padding_value, padding_config=config)
 
 

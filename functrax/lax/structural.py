@@ -1,9 +1,11 @@
-"""Structural primitives: dtype conversion, broadcasting, reshaping, transposition, and the
-array constructors built on them.
+"""Structural primitives: dtype conversion, broadcasting, reshaping, transposition,
+squeezing, reversal and concatenation, and the array constructors built on them.
 
 >>> from functrax import lax
 >>> lax.broadcast_in_dim(lax.iota('int64', 3), (2, 3), (1,)).tolist()
 [[0, 1, 2], [0, 1, 2]]
+>>> lax.concatenate([lax.iota('int64', 2), lax.rev(lax.iota('int64', 3), (0,))], 0).tolist()
+[0, 1, 2, 1, 0]
 """
 from __future__ import annotations
 
@@ -15,7 +17,13 @@ from ..interpreters import batching
 from ..interpreters import jvp as ad
 from ..interpreters.jvp import Zero
 from ..interpreters.transpose import is_undefined_primal, transpose_rules
-from ._util import array_namespace
+from ._util import array_namespace, check_axes
+
+__all__ = ["convert_element_type", "convert_element_type_p", "broadcast_in_dim",
+           "broadcast_in_dim_p", "broadcast_to", "broadcast", "reshape", "reshape_p",
+           "transpose", "transpose_p", "squeeze", "squeeze_p", "expand_dims", "rev", "rev_p",
+           "concatenate", "concatenate_p", "iota", "iota_p", "broadcasted_iota", "full",
+           "full_like", "zeros_like"]
 
 # ---------------------------------------------------------------------------------------------
 # convert_element_type
@@ -275,8 +283,11 @@ squeeze_p.def_abstract_eval(_squeeze_abstract_eval)
 
 
 def squeeze(x, dimensions):
+    """Remove the given size-1 dims (negative dims count from the end)."""
     ndim = get_aval(x).ndim
-    dimensions = tuple(sorted(int(d) % ndim for d in dimensions)) if ndim else ()
+    dimensions = tuple(sorted(check_axes("squeeze", dimensions, ndim)))
+    if not dimensions and not isinstance(x, core.Tracer):
+        return x
     return squeeze_p.bind(x, dimensions=dimensions)
 
 
@@ -297,11 +308,115 @@ def expand_dims(x, dimensions):
     """Insert size-1 dims at the given output positions (a reshape)."""
     aval = get_aval(x)
     out_ndim = aval.ndim + len(dimensions)
-    dims = sorted(int(d) % out_ndim for d in dimensions)
+    dims = sorted(check_axes("expand_dims", dimensions, out_ndim))
     shape = list(aval.shape)
     for d in dims:
         shape.insert(d, 1)
     return reshape(x, tuple(shape))
+
+
+# ---------------------------------------------------------------------------------------------
+# rev
+
+
+def _rev_abstract_eval(x, *, dimensions):
+    if len(set(dimensions)) != len(dimensions) or any(not 0 <= d < x.ndim for d in dimensions):
+        raise ValueError(f"rev: dimensions {dimensions} must be distinct dims of "
+                         f"{x.str_short()}")
+    return ShapedArray(x.shape, x.dtype, x.weak_type)
+
+
+rev_p = Primitive("rev")
+rev_p.def_impl(lambda x, *, dimensions: array_namespace(x).flip(x, dimensions))
+rev_p.def_abstract_eval(_rev_abstract_eval)
+
+
+def rev(x, dimensions):
+    """Reverse the order of the elements along ``dimensions``."""
+    dimensions = check_axes("rev", dimensions, get_aval(x).ndim)
+    return rev_p.bind(x, dimensions=tuple(sorted(dimensions)))
+
+
+ad.deflinear(rev_p, lambda ct, x, *, dimensions: [
+    Zero(ad.tangent_aval(x.aval)) if ad.is_zero(ct) else rev_p.bind(ct, dimensions=dimensions)])
+
+
+def _rev_batch(vals, dims, *, dimensions):
+    (x,), (d,) = vals, dims
+    return rev_p.bind(x, dimensions=tuple(a + (a >= d) for a in dimensions)), d
+
+
+batching.batching_rules[rev_p] = _rev_batch
+
+
+# ---------------------------------------------------------------------------------------------
+# concatenate
+
+
+def _concatenate_impl(*operands, dimension):
+    xp = array_namespace(*operands)
+    return xp.concatenate([xp.asarray(o) for o in operands], axis=dimension)
+
+
+def _concatenate_abstract_eval(*operands, dimension):
+    if not operands:
+        raise TypeError("concatenate: needs at least one operand")
+    first = operands[0]
+    shapes = [o.str_short() for o in operands]
+    if any(o.ndim != first.ndim for o in operands):
+        raise TypeError(f"concatenate: operands must have the same rank, got {shapes}")
+    if not 0 <= dimension < first.ndim:
+        raise ValueError(f"concatenate: dimension {dimension} is out of bounds for operands of "
+                         f"rank {first.ndim} ({shapes})")
+    if any(o.dtype != first.dtype for o in operands):
+        raise TypeError(f"concatenate: operands must have the same dtype, got {shapes}")
+    for o in operands:
+        if any(a != b for i, (a, b) in enumerate(zip(o.shape, first.shape)) if i != dimension):
+            raise TypeError(f"concatenate: operand shapes must agree except along dimension "
+                            f"{dimension}, got {shapes}")
+    shape = list(first.shape)
+    shape[dimension] = sum(o.shape[dimension] for o in operands)
+    return ShapedArray(shape, first.dtype, all(o.weak_type for o in operands))
+
+
+concatenate_p = Primitive("concatenate")
+concatenate_p.def_impl(_concatenate_impl)
+concatenate_p.def_abstract_eval(_concatenate_abstract_eval)
+
+
+def concatenate(operands, dimension):
+    """Join arrays of one dtype along ``dimension``."""
+    operands = list(operands)
+    if len(operands) == 1:
+        return operands[0]
+    return concatenate_p.bind(*operands, dimension=int(dimension))
+
+
+def _concatenate_transpose(ct, *operands, dimension):
+    from .slicing import slice_in_dim
+    avals = [o.aval if is_undefined_primal(o) else get_aval(o) for o in operands]
+    if ad.is_zero(ct):
+        return [Zero(ad.tangent_aval(a)) if is_undefined_primal(o) else None
+                for o, a in zip(operands, avals)]
+    out, start = [], 0
+    for o, a in zip(operands, avals):
+        stop = start + a.shape[dimension]
+        out.append(slice_in_dim(ct, start, stop, 1, dimension) if is_undefined_primal(o)
+                   else None)
+        start = stop
+    return out
+
+
+ad.deflinear(concatenate_p, _concatenate_transpose)
+
+
+def _concatenate_batch(vals, dims, *, dimension):
+    size = batching.batch_size_of(vals, dims)
+    vals = [batching.bdim_at_front(v, d, size) for v, d in zip(vals, dims)]
+    return concatenate_p.bind(*vals, dimension=dimension + 1), 0
+
+
+batching.batching_rules[concatenate_p] = _concatenate_batch
 
 
 # ---------------------------------------------------------------------------------------------

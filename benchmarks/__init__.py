@@ -1,0 +1,1 @@
+"""functrax benchmarks: `python benchmarks/run.py` (see docs/benchmarks.md)."""
