@@ -339,9 +339,10 @@ def multivariate_normal(key, mean, cov, shape=None, dtype=None, method="cholesky
     if method == "cholesky":
         factor = _cholesky(cov)
     else:
-        w, v = lax.linalg.eigh(cov)
-        factor = lax.mul(v, lax.expand_dims(lax.sqrt(lax.max(w, np.array(0.0, dtype))), (-2 % (
-            get_aval(v).ndim),)))
+        v, w = lax.linalg.eigh(cov)
+        # Columns of v scaled by sqrt of their eigenvalues (clipped at 0 for round-off).
+        root = lax.sqrt(lax.max(w, np.array(0.0, dtype)))
+        factor = lax.mul(v, lax.expand_dims(root, (get_aval(root).ndim - 1,)))
     z = normal(key, shape + (n,), dtype)
     # (factor @ z) over the last axis, as a broadcast product and a sum: batched factors and
     # batched samples line up with numpy broadcasting.
@@ -503,26 +504,6 @@ def permutation(key, x, axis=0, independent=False):
     return _shuffle(key, x, axis)
 
 
-def _take_along(x, idx, axis):
-    """x indexed by the integer vector idx along axis, as a one-hot contraction (exact: one
-    nonzero term per output), so that only existing primitives are needed."""
-    aval = get_aval(x)
-    n = aval.shape[axis]
-    m = get_aval(idx).shape[0]
-    onehot = lax.eq(lax.broadcast_in_dim(idx, (m, n), (0,)),
-                    lax.broadcasted_iota(np.int64, (m, n), 1))
-    # Result dims: x's dims with `axis` replaced by m; contract over n.
-    out_shape = aval.shape[:axis] + (m,) + aval.shape[axis + 1:]
-    big = out_shape[:axis + 1] + (n,) + out_shape[axis + 1:]
-    xb = lax.broadcast_in_dim(x, big, tuple(i for i in range(len(big)) if i != axis))
-    ob = lax.broadcast_in_dim(onehot, big, (axis, axis + 1))
-    if dtypes.is_bool(aval.dtype):
-        picked = lax.bitwise_and(xb, ob)
-        return lax.reduce_max(picked, (axis + 1,))
-    zero = lax.full(big, 0, aval.dtype)
-    return lax.reduce_sum(lax.select_n(ob, zero, xb), (axis + 1,))
-
-
 def choice(key, a, shape=(), replace=True, p=None, axis=0):
     """Random samples from ``a`` (an array, or ``arange(a)`` for an int) along ``axis``:
     with or without replacement, uniformly or with probabilities ``p``."""
@@ -579,6 +560,7 @@ def choice(key, a, shape=(), replace=True, p=None, axis=0):
     if arr is None:
         return ind
     flat_ind = lax.reshape(ind, (n_draws,))
-    picked = _take_along(arr, flat_ind, axis)
+    from . import numpy as fnp
+    picked = fnp.take(arr, flat_ind, axis=axis)
     a_shape = get_aval(arr).shape
     return lax.reshape(picked, a_shape[:axis] + shape + a_shape[axis + 1:])

@@ -30,8 +30,7 @@ from ..interpreters import jvp as ad
 from ..interpreters.jvp import Zero
 from ..interpreters.transpose import is_undefined_primal, transpose_rules
 from ._util import array_namespace
-from . import structural
-from .structural import convert_element_type, reshape, transpose
+from .structural import convert_element_type, reshape, rev, transpose
 
 __all__ = ["ConvDimensionNumbers", "conv_general_dilated", "conv_general_dilated_p", "conv",
            "conv_with_general_padding", "conv_transpose", "conv_dimension_numbers",
@@ -356,35 +355,13 @@ def conv_transpose(lhs, rhs, strides, padding, rhs_dilation=None, dimension_numb
         k_sp = [_dilate_dim(ra.shape[d], r) for d, r in zip(dn.rhs_spec[2:], rhs_dilation)]
         padding = [_conv_transpose_pads(k, s, padding.upper()) for k, s in zip(k_sp, strides)]
     if transpose_kernel:
-        rhs = _rev(rhs, tuple(dn.rhs_spec[2:]))
+        rhs = rev(rhs, tuple(dn.rhs_spec[2:]))
         perm = list(range(nd))
         perm[dn.rhs_spec[0]], perm[dn.rhs_spec[1]] = perm[dn.rhs_spec[1]], perm[dn.rhs_spec[0]]
         rhs = transpose(rhs, tuple(perm))
     return conv_general_dilated(lhs, rhs, (1,) * nsp, padding, strides, rhs_dilation, dn,
                                 precision=precision,
                                 preferred_element_type=preferred_element_type)
-
-
-def _rev(x, dimensions):
-    """x reversed along ``dimensions``: ``lax.rev`` when the structural family provides it;
-    otherwise a product with exchange matrices (linear and transposable, and cheap for the
-    small kernels it is used on here)."""
-    dimensions = tuple(int(d) for d in dimensions)
-    if not dimensions:
-        return x
-    lax_rev = getattr(structural, "rev", None)
-    if lax_rev is not None:
-        return lax_rev(x, dimensions)
-    from .dot import dot_general
-    aval = get_aval(x)
-    for d in dimensions:
-        n = aval.shape[d]
-        exchange = np.eye(n, dtype=aval.dtype)[::-1].copy()
-        y = dot_general(x, exchange, (((d,), (0,)), ((), ())))
-        perm = list(range(aval.ndim - 1))
-        perm.insert(d, aval.ndim - 1)
-        x = transpose(y, tuple(perm))
-    return x
 
 
 def _conv_jvp_lhs(t, lhs, rhs, **params):
@@ -444,7 +421,7 @@ def _conv_transpose_lhs(ct, rhs, lhs_aval, *, window_strides, padding, lhs_dilat
         after = _dilate_dim(d, ld) + keff - 1 - _dilate_dim(c, s) - before
         pads.append((before, after))
     out = conv_general_dilated_p.bind(
-        ct, _rev(rhs, tuple(rhs_spec[2:])), window_strides=tuple(lhs_dilation),
+        ct, rev(rhs, tuple(rhs_spec[2:])), window_strides=tuple(lhs_dilation),
         padding=tuple(pads), lhs_dilation=tuple(window_strides),
         rhs_dilation=tuple(rhs_dilation),
         dimension_numbers=ConvDimensionNumbers(out_spec, _swap_spec(rhs_spec), lhs_spec),

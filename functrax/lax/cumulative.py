@@ -116,7 +116,10 @@ def _associative_scan(combine, elems, axis, reverse):
             aval = get_aval(x)
             cfg = [(0, 0, 0)] * aval.ndim
             cfg[axis] = (offset, m - offset - (stride * (count - 1) + 1), stride - 1)
-            out.append(pad(x, full((), 0, aval.dtype), tuple(cfg)))
+            if cfg[axis] == (0, 0, 0):
+                out.append(x)
+            else:
+                out.append(pad(x, full((), 0, aval.dtype), tuple(cfg)))
         return out
 
     def add_lists(xs, ys):

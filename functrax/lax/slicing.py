@@ -34,7 +34,6 @@ __all__ = ["slice", "slice_p", "slice_in_dim", "index_in_dim", "dynamic_slice",
 
 def _slice_impl(x, *, start_indices, limit_indices, strides):
     strides = strides or (1,) * len(start_indices)
-    import builtins  # this module's own `slice` (lax.slice) shadows the builtin here
     return x[tuple(builtins.slice(s, l, st)
                    for s, l, st in zip(start_indices, limit_indices, strides))]
 

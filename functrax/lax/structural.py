@@ -200,7 +200,8 @@ def reshape(x, new_sizes, dimensions=None):
     new_sizes = core.canonicalize_shape(new_sizes, "reshape new_sizes")
     if dimensions is not None:
         x = transpose(x, dimensions)
-    if not isinstance(x, core.Tracer) and np.shape(x) == new_sizes:
+    if get_aval(x).shape == new_sizes and (isinstance(x, core.Tracer) or
+                                           not isinstance(x, (int, float, complex, bool))):
         return x
     return reshape_p.bind(x, new_sizes=new_sizes)
 
@@ -241,7 +242,8 @@ transpose_p.def_abstract_eval(_transpose_abstract_eval)
 
 def transpose(x, permutation):
     permutation = tuple(int(p) for p in permutation)
-    if permutation == tuple(range(len(permutation))) and not isinstance(x, core.Tracer):
+    if permutation == tuple(range(len(permutation))) and \
+            not isinstance(x, (int, float, complex, bool)):
         return x
     return transpose_p.bind(x, permutation=permutation)
 

@@ -101,3 +101,388 @@ def _inline_into(src_eqns, env, out_eqns, constvars, constvals, rename):
                 outs.append(nv)
             new = new._replace(outvars=outs)
         out_eqns.append(new)
+
+
+# ---------------------------------------------------------------------------------------------
+# Simplification
+
+
+def _literal_value(v, known):
+    """The constant value of a jaxpr operand, or None."""
+    if _is_lit(v):
+        return v.val
+    return known.get(v)
+
+
+def _scalar_of(v, known, splats):
+    """The scalar a value is made of, when it is a literal, a one-element constant or a
+    broadcast of one; else None."""
+    if _is_lit(v):
+        return v.val
+    s = splats.get(v)
+    if s is not None:
+        return s
+    val = known.get(v)
+    if val is not None and np.size(val) == 1:
+        return np.asarray(val).reshape(())[()]
+    return None
+
+
+def _is_const(x, c):
+    if x is None:
+        return False
+    try:
+        return bool(np.asarray(x) == c) and not isinstance(x, (bool, np.bool_))
+    except Exception:
+        return False
+
+
+def _same_type(a, b):
+    return a.shape == b.shape and a.dtype == b.dtype
+
+
+def _params_key(params):
+    try:
+        key = tuple(sorted(params.items()))
+        hash(key)
+        return key
+    except TypeError:
+        return None
+
+
+def _operand_key(v):
+    if _is_lit(v):
+        val = v.val
+        return ("lit", type(val), np.asarray(val).dtype.str, repr(val), v.aval.weak_type)
+    return v
+
+
+def _has_subjaxpr(eqn):
+    return any(True for _ in core.subjaxprs_of_eqn(eqn))
+
+
+def _identity_of(eqn, invars, known, splats):
+    """If ``eqn`` computes one of its operands unchanged, that operand; else None."""
+    name = eqn.primitive.name
+    out = eqn.outvars[0].aval if eqn.outvars else None
+    if name in ("mul", "add", "sub", "div") and len(invars) == 2:
+        x, y = invars
+        sx, sy = _scalar_of(x, known, splats), _scalar_of(y, known, splats)
+        unit = 1 if name in ("mul", "div") else 0
+        if _is_const(sy, unit) and _same_type(x.aval, out):
+            return x
+        if name in ("mul", "add") and _is_const(sx, unit) and _same_type(y.aval, out):
+            return y
+    elif name == "convert_element_type":
+        x = invars[0]
+        if x.aval.dtype == out.dtype:
+            return x
+    elif name in ("broadcast_in_dim", "reshape", "transpose"):
+        x = invars[0]
+        if x.aval.shape == out.shape and (name != "transpose" or
+                                          tuple(eqn.params["permutation"]) ==
+                                          tuple(range(len(out.shape)))):
+            return x
+    return None
+
+
+def simplify(jaxpr: Jaxpr, consts):
+    """Constant folding, algebraic no-ops, CSE and DCE. Returns (jaxpr, consts).
+
+    The result computes the same outputs for the same inputs; its outvars may be literals or
+    input variables when a whole computation folded away."""
+    known = {v: c for v, c in zip(jaxpr.constvars, consts)}
+    splats = {}      # var -> scalar: values that are a broadcast of one scalar
+    negs = {}        # var -> operand of the neg that produced it
+    env = {}         # var -> replacement (var or Literal)
+    cse = {}
+    new_eqns = []
+    folded = {}      # var -> folded (non-scalar) constant value
+
+    def read(v):
+        if _is_lit(v):
+            return v
+        while v in env:
+            v = env[v]
+            if _is_lit(v):
+                return v
+        return v
+
+    for eqn in jaxpr.eqns:
+        invars = [read(v) for v in eqn.invars]
+        prim = eqn.primitive
+        effectful = prim in effectful_primitives
+        sub = _has_subjaxpr(eqn)
+        # 1. Constant folding.
+        if not effectful and not sub and all(
+                _is_lit(v) or v in known for v in invars) and all(
+                v.aval.size <= FOLD_MAX_SIZE for v in eqn.outvars):
+            try:
+                vals = [v.val if _is_lit(v) else known[v] for v in invars]
+                out = prim.impl(*vals, **eqn.params)
+            except Exception:
+                out = None
+            if out is not None:
+                outs = out if prim.multiple_results else [out]
+                for v, o in zip(eqn.outvars, outs):
+                    o = np.asarray(o)
+                    if o.dtype != v.aval.dtype:
+                        o = o.astype(v.aval.dtype)
+                    if o.ndim == 0:
+                        env[v] = Literal(o[()], v.aval)
+                    else:
+                        known[v] = o
+                        folded[v] = o
+                continue
+        # 2. Algebraic no-ops.
+        if not effectful and len(eqn.outvars) == 1:
+            ident = _identity_of(eqn, invars, known, splats)
+            if ident is None and prim.name == "neg" and not _is_lit(invars[0]) and \
+                    invars[0] in negs:
+                ident = negs[invars[0]]
+            if ident is not None:
+                env[eqn.outvars[0]] = ident
+                continue
+        # 3. Common subexpressions.
+        if not effectful:
+            pkey = _params_key(eqn.params)
+            if pkey is not None:
+                key = (prim, tuple(_operand_key(v) for v in invars), pkey)
+                prev = cse.get(key)
+                if prev is not None:
+                    for v, p in zip(eqn.outvars, prev):
+                        env[v] = p
+                    continue
+                cse[key] = eqn.outvars
+        if prim.name == "broadcast_in_dim":
+            s = _scalar_of(invars[0], known, splats)
+            if s is not None:
+                splats[eqn.outvars[0]] = s
+        elif prim.name == "neg":
+            negs[eqn.outvars[0]] = invars[0]
+        new_eqns.append(eqn._replace(invars=invars) if invars != eqn.invars else eqn)
+
+    outvars = [read(v) for v in jaxpr.outvars]
+    # Folded arrays that survive become constants of the program.
+    constvars = list(jaxpr.constvars) + list(folded)
+    constvals = list(consts) + list(folded.values())
+    out = Jaxpr(constvars, jaxpr.invars, [v for v in outvars], new_eqns)
+    out, _ = _dce_keep_literals(out)
+    keep = set(out.constvars)
+    constvals = [c for v, c in zip(constvars, constvals) if v in keep]
+    return out, constvals
+
+
+def _dce_keep_literals(jaxpr):
+    # dce_jaxpr skips literal outvars when collecting the live set, which is what we want.
+    return dce_jaxpr(jaxpr)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fusion
+
+
+class OpStep:
+    """One equation run by its back end's library call or the primitive's impl."""
+
+    __slots__ = ("eqn",)
+
+    def __init__(self, eqn):
+        self.eqn = eqn
+
+    @property
+    def invars(self):
+        return [v for v in self.eqn.invars if not _is_lit(v)]
+
+    @property
+    def outvars(self):
+        return list(self.eqn.outvars)
+
+    def __repr__(self):
+        return f"OpStep({self.eqn.primitive})"
+
+
+class Cluster:
+    """Equations fused into one kernel over the iteration shape ``shape``.
+
+    After ``finalize``: ``loads`` lists (operand, view_shape) pairs: an external operand (a var
+    or a Literal) seen through a rank-``len(shape)`` view in which broadcast dims have size 1;
+    ``outputs`` the values that escape (full-shape values and reduction results), and
+    ``alias`` maps a value computed by a broadcast to the load it reads."""
+
+    def __init__(self, shape):
+        self.shape = tuple(shape)
+        self.items = []            # (program index, eqn)
+        self.reduce_outs = set()
+        self.defined = set()
+        self.sealed = False
+        self.loads = []
+        self.load_of = {}          # (operand key, view_shape) -> load index
+        self.value_load = {}       # var -> load index (broadcast results)
+        self.outputs = []
+
+    @property
+    def eqns(self):
+        return [e for _, e in self.items]
+
+    def add(self, idx, eqn):
+        self.items.append((idx, eqn))
+        for v in eqn.outvars:
+            self.defined.add(v)
+            if eqn.primitive.name in REDUCTIONS:
+                self.reduce_outs.add(v)
+
+    def absorb(self, other):
+        self.items = sorted(self.items + other.items, key=lambda t: t[0])
+        self.reduce_outs |= other.reduce_outs
+        self.defined |= other.defined
+
+    @property
+    def size(self):
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    def _load(self, operand, view):
+        key = (_operand_key(operand), view)
+        i = self.load_of.get(key)
+        if i is None:
+            i = len(self.loads)
+            self.loads.append((operand, view))
+            self.load_of[key] = i
+        return i
+
+    def operand_ref(self, v, view=None):
+        """How an equation of the cluster reads operand ``v``: ("val", var) for a value
+        computed in the cluster, ("load", i) for an external operand."""
+        if not _is_lit(v) and v in self.defined:
+            if v in self.value_load:
+                return ("load", self.value_load[v])
+            return ("val", v)
+        if view is None:
+            shp = v.aval.shape
+            view = (1,) * (len(self.shape) - len(shp)) + tuple(shp)
+        return ("load", self._load(v, view))
+
+    def finalize(self, escaping):
+        n = len(self.shape)
+        for _, eqn in self.items:
+            if eqn.primitive.name == "broadcast_in_dim":
+                x = eqn.invars[0]
+                if not _is_lit(x) and x in self.defined:
+                    continue
+                expanded = [1] * n
+                for src, dst in enumerate(eqn.params["broadcast_dimensions"]):
+                    expanded[dst] = x.aval.shape[src]
+                self.value_load[eqn.outvars[0]] = self._load(x, tuple(expanded))
+        for _, eqn in self.items:
+            if eqn.primitive.name == "broadcast_in_dim" and eqn.outvars[0] in self.value_load:
+                continue
+            for v in eqn.invars:
+                self.operand_ref(v)
+        self.outputs = [v for _, e in self.items for v in e.outvars
+                        if v in escaping and type(v) is not core.DropVar]
+
+    def __repr__(self):
+        return (f"Cluster(shape={self.shape}, ops={[str(e.primitive) for e in self.eqns]}, "
+                f"outputs={len(self.outputs)})")
+
+
+def _iteration_shape(eqn):
+    if eqn.primitive.name in REDUCTIONS:
+        return eqn.invars[0].aval.shape
+    return eqn.outvars[0].aval.shape
+
+
+def fuse(jaxpr: Jaxpr, fusible, can_fuse=None):
+    """Group the equations of ``jaxpr`` into steps (``Cluster`` and ``OpStep``), in an order
+    that respects every data dependence.
+
+    ``fusible``: primitive names that may join a cluster; ``can_fuse(eqn)`` an optional extra
+    check by the back end (dtypes it supports, ...)."""
+    steps = []
+    open_clusters = []
+    producer = {}
+
+    def seal(c):
+        if not c.sealed:
+            c.sealed = True
+            open_clusters.remove(c)
+            steps.append(c)
+
+    for idx, eqn in enumerate(jaxpr.eqns):
+        name = eqn.primitive.name
+        ok = (name in fusible and len(eqn.outvars) == 1 and not _has_subjaxpr(eqn)
+              and (can_fuse is None or can_fuse(eqn)))
+        if ok:
+            shape = _iteration_shape(eqn)
+            if len(shape) == 0 or 0 in shape:
+                ok = False
+        if not ok:
+            for v in eqn.invars:
+                c = producer.get(v) if not _is_lit(v) else None
+                if c is not None and not c.sealed:
+                    seal(c)
+            steps.append(OpStep(eqn))
+            continue
+        joinable = []
+        for v in eqn.invars:
+            if _is_lit(v):
+                continue
+            c = producer.get(v)
+            if c is None or c.sealed:
+                continue
+            if c.shape == shape and v not in c.reduce_outs and name != "broadcast_in_dim":
+                if c not in joinable:
+                    joinable.append(c)
+            else:
+                seal(c)
+        joinable = [c for c in joinable if not c.sealed]
+        if joinable:
+            target = joinable[0]
+            for other in joinable[1:]:
+                target.absorb(other)
+                other.sealed = True
+                open_clusters.remove(other)
+                for v in other.defined:
+                    producer[v] = target
+        else:
+            target = next((c for c in open_clusters if c.shape == shape), None)
+            if target is None:
+                target = Cluster(shape)
+                open_clusters.append(target)
+        target.add(idx, eqn)
+        for v in eqn.outvars:
+            producer[v] = target
+    for c in list(open_clusters):
+        seal(c)
+
+    # Values that leave their cluster: used by another step or returned.
+    escaping = {v for v in jaxpr.outvars if not _is_lit(v)}
+    for s in steps:
+        if isinstance(s, OpStep):
+            escaping.update(s.invars)
+    for s in steps:
+        if isinstance(s, Cluster):
+            for _, e in s.items:
+                for v in e.invars:
+                    if not _is_lit(v) and v not in s.defined:
+                        escaping.add(v)
+    for s in steps:
+        if isinstance(s, Cluster):
+            s.finalize(escaping)
+    return steps
+
+
+def last_uses(steps, outvars):
+    """var -> index of the last step reading it (len(steps) for program outputs)."""
+    last = {}
+    for i, s in enumerate(steps):
+        if isinstance(s, OpStep):
+            ins = s.invars
+        else:
+            ins = [op for op, _ in s.loads if not _is_lit(op)]
+        for v in ins:
+            last[v] = i
+    for v in outvars:
+        if not _is_lit(v):
+            last[v] = len(steps)
+    return last

@@ -1,0 +1,904 @@
+"""The CPU back end: a jaxpr becomes one generated Python driver calling fused kernels.
+
+``lower(closed_jaxpr)`` runs the shared passes of ``plan.py`` and then, for each step:
+
+* a ``Cluster`` of elementwise work is generated as one kernel, in one of two styles chosen
+  from its contents and size:
+  - **numba**: a loop nest compiled by ``numba.njit`` (``parallel=True`` with ``prange`` on the
+    outer loop when the work is large and numba has threads). Broadcast operands are indexed
+    through size-1 views (no materialised broadcast), adjacent dims with the same broadcast
+    pattern are merged into one loop, reductions accumulate in registers when their axes are
+    innermost. Used for arithmetic (no transcendental functions).
+  - **blocked**: a chain of numpy ufuncs with ``out=`` buffers run block by block (blocks
+    small enough to stay in L2). numba's ``sin``/``exp``/``tanh`` are scalar libm calls here,
+    much slower than numpy's SIMD loops, so transcendental-heavy clusters go this way.
+  Small clusters, and transcendental ones the blocked style cannot take (broadcast operands,
+  partial reductions), run as plain impl calls: fusion must never lose to numpy.
+* every other equation calls its primitive's numpy impl (``dot_general`` is numpy's BLAS).
+
+numba kernels are written to module files in the cache dir (``cache.py``) and compiled with
+``cache=True``, so a second process loads them from disk; equal clusters share one kernel.
+numba itself is imported only when a program has a cluster large enough to need it.
+
+>>> import functrax, functrax.numpy as fnp
+>>> from functrax.lowering import numba_cpu
+>>> exe = numba_cpu.lower(functrax.make_jaxpr(lambda x: x * 2.0 + 1.0)(fnp.ones(3)))
+>>> exe(fnp.ones(3))[0].tolist()
+[3.0, 3.0, 3.0]
+"""
+from __future__ import annotations
+
+import functools
+import os
+import time
+
+import numpy as np
+
+from .. import core
+from ..core import Literal
+from . import cache, plan
+from .plan import Cluster, OpStep
+
+__all__ = ["lower", "Executable", "counters", "NUMBA_MIN_SIZE", "BLOCKED_MIN_SIZE",
+           "PARALLEL_MIN_SIZE", "TRANSCENDENTAL", "lowering_rules"]
+
+NUMBA_MIN_SIZE = int(os.environ.get("FUNCTRAX_NUMBA_MIN_SIZE", 1 << 17))
+BLOCKED_MIN_SIZE = int(os.environ.get("FUNCTRAX_BLOCKED_MIN_SIZE", 1 << 15))
+PARALLEL_MIN_SIZE = int(os.environ.get("FUNCTRAX_PARALLEL_MIN_SIZE", 1 << 20))
+BLOCK_BYTES = 1 << 16  # per temporary: a handful of them stay in a 512 KiB-1 MiB L2
+
+TRANSCENDENTAL = frozenset({"exp", "log", "expm1", "log1p", "sin", "cos", "tanh", "logistic",
+                            "pow"})
+
+# Lowering rules for primitives that need more than their impl (control flow with bodies):
+# name -> rule(eqn, lower_sub) returning a Python callable taking the equation's inputs and
+# returning the list of its outputs. ``lower_sub(closed_jaxpr)`` compiles a body.
+lowering_rules: dict = {}
+
+# Process-wide kernel accounting (jit objects keep their own share).
+counters = {"numba_kernels_built": 0, "numba_kernels_reused": 0, "blocked_kernels": 0,
+            "numba_compiles": 0, "numba_disk_hits": 0}
+
+_NUMBA_DTYPES = {np.dtype(t) for t in (np.bool_, np.int8, np.int16, np.int32, np.int64,
+                                       np.uint8, np.uint16, np.uint32, np.uint64, np.float32,
+                                       np.float64)}
+_FLOAT_ONLY = {"div", "rem", "pow", "exp", "log", "expm1", "log1p", "sin", "cos", "tanh",
+               "sqrt", "logistic", "floor"}
+
+
+def _dt_name(dt):
+    return np.dtype(dt).name if np.dtype(dt) != np.bool_ else "bool_"
+
+
+# ---------------------------------------------------------------------------------------------
+# What may be fused
+
+
+def _can_fuse(eqn):
+    avals = [v.aval for v in eqn.invars] + [v.aval for v in eqn.outvars]
+    if any(a.dtype not in _NUMBA_DTYPES for a in avals):
+        return False
+    name = eqn.primitive.name
+    out_dt = eqn.outvars[0].aval.dtype
+    if name in _FLOAT_ONLY and out_dt.kind != "f":
+        return False
+    if name in ("add", "sub", "mul", "neg", "max", "min", "abs", "sign") and out_dt.kind == "b":
+        return False
+    if name in plan.REDUCTIONS and out_dt.kind == "b":
+        return False
+    if name == "select_n":
+        w = eqn.invars[0].aval.dtype
+        if w.kind == "b" and len(eqn.invars) != 3:
+            return False
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# Scalar code for the numba kernels
+
+
+def _cast(expr, src, dst):
+    src, dst = np.dtype(src), np.dtype(dst)
+    if src == dst:
+        return expr
+    if dst.kind == "b":
+        return f"({expr} != 0)"
+    return f"_np.{_dt_name(dst)}({expr})"
+
+
+def _promoted(avals):
+    from .. import dtypes
+    return dtypes.promote_avals_dtype(avals)[0]
+
+
+def _wrap_int(expr, dtype):
+    # numba computes integer arithmetic at 64 bits; numpy wraps at the array's width.
+    return f"_np.{_dt_name(dtype)}({expr})"
+
+
+_BINOPS = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
+_CMPOPS = {"eq": "==", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}
+_UNARY_NP = {"exp": "exp", "log": "log", "expm1": "expm1", "log1p": "log1p", "sin": "sin",
+             "cos": "cos", "tanh": "tanh", "sqrt": "sqrt", "floor": "floor", "sign": "sign"}
+
+
+def _scalar_expr(eqn, args, in_avals):
+    """Numba source for one elementwise equation on scalar operands ``args``."""
+    name = eqn.primitive.name
+    out = eqn.outvars[0].aval.dtype
+    p = eqn.params
+    conv = [_cast(a, av.dtype, out) for a, av in zip(args, in_avals)]
+    if name in _BINOPS:
+        expr = f"({conv[0]} {_BINOPS[name]} {conv[1]})"
+        return expr if out.kind == "f" else _wrap_int(expr, out)
+    if name == "rem":
+        return f"_np.fmod({conv[0]}, {conv[1]})"
+    if name == "neg":
+        return f"(-{conv[0]})" if out.kind == "f" else _wrap_int(f"(-{conv[0]})", out)
+    if name in ("max", "min"):
+        if out.kind == "f":
+            return f"_f{name}({conv[0]}, {conv[1]})"
+        return f"{name}({conv[0]}, {conv[1]})"
+    if name == "pow":
+        return f"({conv[0]} ** {conv[1]})"
+    if name == "integer_pow":
+        y = int(p["y"])
+        x = conv[0]
+        if y == 0:
+            return f"_np.{_dt_name(out)}(1)"
+        k = abs(y)
+        body = "*".join([x] * k) if k <= 4 else f"({x} ** {k})"
+        body = f"({body})"
+        if y < 0:
+            return f"(_np.{_dt_name(out)}(1) / {body})"
+        return body if out.kind == "f" else _wrap_int(body, out)
+    if name in _UNARY_NP:
+        return f"_np.{_UNARY_NP[name]}({conv[0]})"
+    if name == "logistic":
+        return f"_logistic({conv[0]})"
+    if name == "abs":
+        return f"abs({conv[0]})" if out.kind == "f" else _wrap_int(f"abs({conv[0]})", out)
+    if name in _CMPOPS:
+        pd = _promoted(in_avals)
+        a = [_cast(x, av.dtype, pd) for x, av in zip(args, in_avals)]
+        return f"({a[0]} {_CMPOPS[name]} {a[1]})"
+    if name in ("and", "or", "not"):
+        a = [_cast(x, av.dtype, out) for x, av in zip(args, in_avals)]
+        if out.kind == "b":
+            return {"and": f"({a[0]} & {a[1]})", "or": f"({a[0]} | {a[1]})"}.get(
+                name, f"(not {a[0]})")
+        op = {"and": f"({a[0]} & {a[1]})", "or": f"({a[0]} | {a[1]})"}.get(name, f"(~{a[0]})")
+        return _wrap_int(op, out)
+    if name == "select_n":
+        which, cases = args[0], [_cast(c, av.dtype, out) for c, av in
+                                 zip(args[1:], in_avals[1:])]
+        if in_avals[0].dtype.kind == "b":
+            return f"({cases[1]} if {which} else {cases[0]})"
+        expr = cases[-1]
+        for i in range(len(cases) - 2, -1, -1):
+            expr = f"({cases[i]} if {which} == {i} else {expr})"
+        return expr
+    if name == "convert_element_type":
+        return _cast(args[0], in_avals[0].dtype, p["new_dtype"])
+    raise NotImplementedError(name)  # _can_fuse and ELEMENTWISE keep this unreachable
+
+
+_KERNEL_PRELUDE = '''\
+import numpy as _np
+import numba as _nb
+
+
+@_nb.njit(cache=True, nogil=True, inline="always")
+def _fmax(a, b):
+    if a != a or a > b:
+        return a
+    return b
+
+
+@_nb.njit(cache=True, nogil=True, inline="always")
+def _fmin(a, b):
+    if a != a or a < b:
+        return a
+    return b
+
+
+@_nb.njit(cache=True, nogil=True, inline="always", error_model="numpy")
+def _logistic(a):
+    e = _np.exp(-abs(a))
+    if a >= 0:
+        return 1 / (1 + e)
+    return e / (1 + e)
+
+
+'''
+
+
+def _literal_src(val, dtype):
+    """A source expression for a constant, exact for every float (inf and nan included)."""
+    dtype = np.dtype(dtype)
+    v = np.asarray(val).astype(dtype)[()]
+    if dtype.kind == "f":
+        return f"_np.{_dt_name(dtype)}(float.fromhex('{float(v).hex()}'))"
+    if dtype.kind == "b":
+        return "True" if bool(v) else "False"
+    return f"_np.{_dt_name(dtype)}({int(v)})"
+
+
+def _coalesce(cluster):
+    """Merge adjacent dims of the iteration space that every load and reduction treats alike.
+    Returns (groups, loop_shape) where groups lists the original dims of each loop dim."""
+    shape = cluster.shape
+    n = len(shape)
+    red_axes = [set(e.params["axes"]) for e in cluster.eqns if e.primitive.name in plan.REDUCTIONS]
+
+    def sig(d):
+        return (tuple(view[d] == 1 for _, view in cluster.loads),
+                tuple(d in r for r in red_axes))
+
+    groups = []
+    for d in range(n):
+        if shape[d] == 1:
+            continue
+        if groups and sig(groups[-1][-1]) == sig(d):
+            groups[-1].append(d)
+        else:
+            groups.append([d])
+    loop_shape = tuple(int(np.prod([shape[d] for d in g])) for g in groups)
+    return groups, loop_shape
+
+
+def _view_in_loop(view, groups):
+    return tuple(int(np.prod([view[d] for d in g])) for g in groups)
+
+
+def _numba_kernel_source(cluster, groups, loop_shape, parallel):
+    """(source, arg plan) of the numba kernel for ``cluster``."""
+    m = len(loop_shape)
+    idx = [f"i{k}" for k in range(m)]
+    lines = []
+    arg_names = [f"n{k}" for k in range(m)]
+    load_exprs = {}
+    load_args = []  # (load index, kind) kind: 'array' | 'scalar'
+    for li, (op, view) in enumerate(cluster.loads):
+        if type(op) is Literal:
+            load_exprs[li] = _literal_src(op.val, op.aval.dtype)
+            continue
+        lv = _view_in_loop(view, groups)
+        if all(s == 1 for s in lv):
+            load_exprs[li] = f"s{li}"
+            arg_names.append(f"s{li}")
+            load_args.append((li, "scalar", lv))
+        else:
+            sub = ", ".join(idx[k] if lv[k] != 1 else "0" for k in range(m))
+            load_exprs[li] = f"l{li}[{sub}]"
+            arg_names.append(f"l{li}")
+            load_args.append((li, "array", lv))
+    val_names = {}
+    body = []
+    reductions = []  # (out var, kind, reduced loop dims, acc name, init, acc dtype)
+    for j, eqn in enumerate(cluster.eqns):
+        name = eqn.primitive.name
+        if name == "broadcast_in_dim" and eqn.outvars[0] in cluster.value_load:
+            val_names[eqn.outvars[0]] = load_exprs[cluster.value_load[eqn.outvars[0]]]
+            continue
+        args = []
+        for v in eqn.invars:
+            kind, ref = cluster.operand_ref(v)
+            args.append(val_names[ref] if kind == "val" else load_exprs[ref])
+        in_avals = [v.aval for v in eqn.invars]
+        if name in plan.REDUCTIONS:
+            axes = set(eqn.params["axes"])
+            red_loop = [k for k, g in enumerate(groups) if any(d in axes for d in g)]
+            dt = eqn.outvars[0].aval.dtype
+            acc_dt = np.dtype(np.float64) if dt.kind == "f" else (
+                np.dtype(np.int64) if dt.kind == "i" else np.dtype(np.uint64))
+            if name == "reduce_sum":
+                init = "0"
+            elif name == "reduce_max":
+                init = "-_np.inf" if dt.kind == "f" else str(np.iinfo(dt).min)
+            else:
+                init = "_np.inf" if dt.kind == "f" else str(np.iinfo(dt).max)
+            r = len(reductions)
+            reductions.append((eqn.outvars[0], name, red_loop, f"acc{r}", init, acc_dt, args[0],
+                               dt, eqn.invars[0].aval.dtype))
+            continue
+        vn = f"v{j}"
+        body.append(f"{vn} = {_scalar_expr(eqn, args, in_avals)}")
+        val_names[eqn.outvars[0]] = vn
+    out_args = []
+    for oi, v in enumerate(cluster.outputs):
+        if v in cluster.reduce_outs:
+            continue
+        arg_names.append(f"o{oi}")
+        src = val_names[v]
+        out_args.append((oi, v))
+        body.append(f"o{oi}[{', '.join(idx)}] = {src}")
+    red_args = []
+    suffix_start = {}
+    for r, (v, name, red_loop, acc, init, acc_dt, src, dt, src_dt) in enumerate(reductions):
+        arg_names.append(f"r{r}")
+        red_args.append((r, v))
+        kept = [k for k in range(m) if k not in red_loop]
+        is_suffix = red_loop and red_loop == list(range(m - len(red_loop), m))
+        kept_idx = ", ".join(idx[k] for k in kept) if kept else "0"
+        val = _cast(src, src_dt, acc_dt)
+        if name == "reduce_sum":
+            upd = f"{{a}} += {val}"
+        elif dt.kind == "f":
+            upd = f"{{a}} = _f{'max' if name == 'reduce_max' else 'min'}({{a}}, {val})"
+        else:
+            upd = f"{{a}} = {'max' if name == 'reduce_max' else 'min'}({{a}}, {val})"
+        if is_suffix:
+            suffix_start[r] = red_loop[0]
+            body.append(upd.format(a=acc))
+        else:
+            body.append(upd.format(a=f"r{r}[{kept_idx}]"))
+    # Loop nest.
+    lines.append(f"def kernel({', '.join(arg_names)}):")
+    ind = "    "
+    for r, red in enumerate(reductions):
+        if r not in suffix_start:
+            lines.append(f"{ind}r{r}[...] = {red[4]}")
+    for k in range(m):
+        for r, start in suffix_start.items():
+            if start == k:
+                lines.append(f"{ind}acc{r} = _np.{_dt_name(reductions[r][5])}({reductions[r][4]})")
+        rng = "_nb.prange" if (parallel and k == 0) else "range"
+        lines.append(f"{ind}for i{k} in {rng}(n{k}):")
+        ind += "    "
+    for b in body:
+        lines.append(ind + b)
+    for k in range(m - 1, -1, -1):
+        ind = ind[:-4]
+        for r, start in suffix_start.items():
+            if start == k:
+                red_loop = reductions[r][2]
+                kept = [kk for kk in range(m) if kk not in red_loop]
+                kept_idx = ", ".join(idx[kk] for kk in kept) if kept else "0"
+                lines.append(f"{ind}r{r}[{kept_idx}] = acc{r}")
+    lines.append(f"{ind}return 0")
+    deco = (f"@_nb.njit(cache=True, nogil=True, error_model='numpy'"
+            f"{', parallel=True' if parallel else ''})")
+    source = _KERNEL_PRELUDE + deco + "\n" + "\n".join(lines) + "\n"
+    return source, load_args, out_args, red_args, reductions
+
+
+# ---------------------------------------------------------------------------------------------
+# Blocked numpy chains
+
+
+_UFUNCS = {"add": "add", "sub": "subtract", "mul": "multiply", "div": "true_divide",
+           "rem": "fmod", "neg": "negative", "max": "maximum", "min": "minimum",
+           "pow": "power", "exp": "exp", "log": "log", "expm1": "expm1", "log1p": "log1p",
+           "sin": "sin", "cos": "cos", "tanh": "tanh", "sqrt": "sqrt", "abs": "absolute",
+           "sign": "sign", "floor": "floor", "eq": "equal", "ne": "not_equal", "lt": "less",
+           "le": "less_equal", "gt": "greater", "ge": "greater_equal"}
+
+
+def _blockable(cluster):
+    full = cluster.shape
+    for op, view in cluster.loads:
+        if type(op) is Literal:
+            continue
+        if all(s == 1 for s in view):
+            continue
+        if tuple(view) != tuple(full) or op.aval.shape != full:
+            return False
+    for e in cluster.eqns:
+        name = e.primitive.name
+        if name in plan.REDUCTIONS:
+            if len(e.params["axes"]) != len(full):
+                return False
+        elif name == "select_n":
+            if e.invars[0].aval.dtype.kind != "b":
+                return False
+        elif name not in _UFUNCS and name not in ("integer_pow", "convert_element_type",
+                                                 "and", "or", "not", "logistic",
+                                                 "broadcast_in_dim"):
+            return False
+    return True
+
+
+class _BlockGen:
+    """Generates a blocked ufunc chain for a cluster."""
+
+    def __init__(self, cluster, glb):
+        self.c = cluster
+        self.glb = glb
+        self.lines = []
+        self.nconst = 0
+        self.pools = {}      # dtype -> free temp names
+        self.temps = []      # (name, dtype)
+
+    def const(self, val, dtype):
+        name = f"K{self.nconst}"
+        self.nconst += 1
+        self.glb[name] = np.asarray(val).astype(dtype)[()]
+        return name
+
+    def temp(self, dtype):
+        pool = self.pools.setdefault(np.dtype(dtype), [])
+        if pool:
+            return pool.pop()
+        name = f"t{len(self.temps)}"
+        self.temps.append((name, np.dtype(dtype)))
+        return name
+
+    def free(self, name, dtype):
+        self.pools.setdefault(np.dtype(dtype), []).append(name)
+
+
+def _blocked_kernel(cluster, name):
+    """A Python function computing ``cluster`` block by block with numpy ufuncs."""
+    glb = {"_np": np}
+    g = _BlockGen(cluster, glb)
+    n = cluster.size
+    eqns = cluster.eqns
+    # Last use (equation index) of each value inside the cluster.
+    last = {}
+    for j, e in enumerate(eqns):
+        for v in e.invars:
+            if type(v) is not Literal:
+                last[v] = j
+    outputs = set(cluster.outputs)
+    arg_names, arr_loads = [], []
+    ref = {}
+    for li, (op, view) in enumerate(cluster.loads):
+        if type(op) is Literal:
+            continue
+        if all(s == 1 for s in view):
+            arg_names.append(f"S{li}")
+        else:
+            arg_names.append(f"L{li}")
+            arr_loads.append(li)
+    itemsize = max([e.outvars[0].aval.dtype.itemsize for e in eqns] + [1])
+    block = max(1024, BLOCK_BYTES // itemsize)
+    body = []
+    buf_of = {}   # var -> (expr, dtype, is_temp)
+    red_init, red_fin = [], []
+    full_outs = []
+
+    def operand(v, want_dtype):
+        if type(v) is Literal:
+            return g.const(v.val, want_dtype)
+        kind, r = cluster.operand_ref(v)
+        if kind == "load":
+            op, view = cluster.loads[r]
+            if type(op) is Literal:
+                return g.const(op.val, want_dtype)
+            if all(s == 1 for s in view):
+                return f"_np.{_dt_name(want_dtype)}(S{r})" if op.aval.dtype != want_dtype or \
+                    op.aval.weak_type else f"S{r}"
+            return f"l{r}"
+        return buf_of[r][0]
+
+    for j, e in enumerate(eqns):
+        name_ = e.primitive.name
+        ov = e.outvars[0]
+        if name_ == "broadcast_in_dim" and ov in cluster.value_load:
+            li = cluster.value_load[ov]
+            op, view = cluster.loads[li]
+            if type(op) is Literal:
+                buf_of[ov] = (g.const(op.val, ov.aval.dtype), ov.aval.dtype, False)
+            elif all(s == 1 for s in view):
+                buf_of[ov] = (f"_np.{_dt_name(ov.aval.dtype)}(S{li})", ov.aval.dtype, False)
+            else:
+                buf_of[ov] = (f"l{li}", ov.aval.dtype, False)
+            if ov in outputs:
+                oi = len(full_outs)
+                full_outs.append((ov, oi))
+                body.append(f"o{oi}[...] = {buf_of[ov][0]}")
+            continue
+        out_dt = ov.aval.dtype
+        if name_ in plan.REDUCTIONS:
+            src = operand(e.invars[0], e.invars[0].aval.dtype)
+            r = len(red_init)
+            if name_ == "reduce_sum":
+                red_init.append(f"R{r} = 0")
+                body.append(f"R{r} += _np.add.reduce({src}).item()")
+            else:
+                uf = "maximum" if name_ == "reduce_max" else "minimum"
+                init = (-np.inf if name_ == "reduce_max" else np.inf) if out_dt.kind == "f" else (
+                    np.iinfo(out_dt).min if name_ == "reduce_max" else np.iinfo(out_dt).max)
+                red_init.append(f"R{r} = {g.const(init, out_dt)}")
+                body.append(f"R{r} = _np.{uf}(R{r}, _np.{uf}.reduce({src}))")
+            red_fin.append((ov, f"_np.asarray(R{r}, dtype=_np.{_dt_name(out_dt)})"))
+            _release(g, e, j, last, buf_of, outputs)
+            continue
+        in_avals = [v.aval for v in e.invars]
+        if name_ in _CMPOPS:
+            cd = _promoted(in_avals)
+        else:
+            cd = out_dt
+        args = [operand(v, cd if name_ not in ("select_n",) else
+                        (v.aval.dtype if k == 0 else out_dt)) for k, v in enumerate(e.invars)]
+        # Destination: the output slice for escaping values, else a pooled temp (taken after
+        # releasing the inputs, so an elementwise op may run in place).
+        is_out = ov in outputs
+        if name_ != "select_n":
+            _release(g, e, j, last, buf_of, outputs)
+        if is_out:
+            oi = len(full_outs)
+            full_outs.append((ov, oi))
+            dst = f"o{oi}"
+        else:
+            dst = g.temp(out_dt)
+        if name_ == "select_n":
+            _release(g, e, j, last, buf_of, outputs)
+        buf_of[ov] = (dst, out_dt, not is_out)
+        if name_ in _UFUNCS:
+            body.append(f"_np.{_UFUNCS[name_]}({', '.join(args)}, out={dst})")
+        elif name_ == "integer_pow":
+            y = int(e.params["y"])
+            if y == 2:
+                body.append(f"_np.multiply({args[0]}, {args[0]}, out={dst})")
+            else:
+                body.append(f"_np.power({args[0]}, {g.const(y, out_dt)}, out={dst})")
+        elif name_ == "convert_element_type":
+            body.append(f"_np.copyto({dst}, {args[0]}, casting='unsafe')")
+        elif name_ in ("and", "or", "not"):
+            kind = "logical" if out_dt.kind == "b" else "bitwise"
+            fn = {"and": f"{kind}_and", "or": f"{kind}_or",
+                  "not": "logical_not" if out_dt.kind == "b" else "invert"}[name_]
+            body.append(f"_np.{fn}({', '.join(args)}, out={dst})")
+        elif name_ == "logistic":
+            body.append(f"_np.negative({args[0]}, out={dst})")
+            body.append(f"_np.exp({dst}, out={dst})")
+            body.append(f"_np.add({dst}, {g.const(1, out_dt)}, out={dst})")
+            body.append(f"_np.reciprocal({dst}, out={dst})")
+        elif name_ == "select_n":
+            body.append(f"_np.copyto({dst}, {args[1]})")
+            body.append(f"_np.copyto({dst}, {args[2]}, where={args[0]})")
+        else:  # pragma: no cover - _blockable filters the rest
+            raise NotImplementedError(name_)
+
+    lines = [f"def {name}({', '.join(arg_names)}):"]
+    for li in arr_loads:
+        lines.append(f"    L{li} = L{li}.reshape(-1)")
+    for ov, oi in full_outs:
+        lines.append(f"    O{oi} = _np.empty({n}, _np.{_dt_name(ov.aval.dtype)})")
+    for tname, dt in g.temps:
+        lines.append(f"    T{tname} = _np.empty({min(block, n)}, _np.{_dt_name(dt)})")
+    lines += ["    " + s for s in red_init]
+    lines.append("    with _np.errstate(all='ignore'):")
+    lines.append(f"        for s in range(0, {n}, {block}):")
+    lines.append(f"            e = min(s + {block}, {n})")
+    lines.append("            m = e - s")
+    for li in arr_loads:
+        lines.append(f"            l{li} = L{li}[s:e]")
+    for ov, oi in full_outs:
+        lines.append(f"            o{oi} = O{oi}[s:e]")
+    for tname, _ in g.temps:
+        lines.append(f"            {tname} = T{tname}[:m]")
+    lines += ["            " + s for s in body]
+    rets = []
+    shape = cluster.shape
+    for v in cluster.outputs:
+        hit = [oi for ov, oi in full_outs if ov is v]
+        if hit:
+            rets.append(f"O{hit[0]}.reshape({shape!r})")
+        else:
+            rets.append(next(expr for ov, expr in red_fin if ov is v))
+    lines.append(f"    return ({', '.join(rets)},)")
+    source = "\n".join(lines) + "\n"
+    exec(compile(source, f"<functrax blocked kernel {name}>", "exec"), glb)
+    return glb[name], source, arg_names
+
+
+def _release(g, e, j, last, buf_of, outputs):
+    for v in e.invars:
+        if type(v) is Literal or last.get(v) != j:
+            continue
+        b = buf_of.get(v)
+        if b is not None and b[2]:
+            g.free(b[0], b[1])
+            buf_of[v] = (b[0], b[1], False)
+
+
+# ---------------------------------------------------------------------------------------------
+# numba kernels: build or reuse
+
+
+_numba_threads = None
+
+
+def _numba_num_threads():
+    global _numba_threads
+    if _numba_threads is None:
+        import numba
+        _numba_threads = int(numba.config.NUMBA_NUM_THREADS)
+    return _numba_threads
+
+
+def _get_numba_kernel(source):
+    """The compiled-on-demand dispatcher for ``source`` (shared by equal clusters)."""
+    mod, in_memory, _ = cache.load_module(source)
+    counters["numba_kernels_reused" if in_memory else "numba_kernels_built"] += 1
+    return mod.kernel
+
+
+def _numba_compile_stats(dispatchers):
+    misses = hits = 0
+    for d in dispatchers:
+        st = d.stats
+        misses += sum(st.cache_misses.values())
+        hits += sum(st.cache_hits.values())
+    return misses, hits
+
+
+def _choose(cluster):
+    """'numba', 'blocked' or 'unfused' for a cluster: the style that is never slower than
+    running its equations one by one with numpy."""
+    eqns = cluster.eqns
+    n = cluster.size
+    real = [e for e in eqns if e.primitive.name != "broadcast_in_dim"]
+    if len(real) <= 1 and all(e.primitive.name not in plan.REDUCTIONS for e in real) and \
+            not any(e.primitive.name == "broadcast_in_dim" for e in eqns):
+        return "unfused"
+    trans = any(e.primitive.name in TRANSCENDENTAL for e in eqns)
+    if trans:
+        if n >= BLOCKED_MIN_SIZE and _blockable(cluster) and len(real) > 1:
+            return "blocked"
+        return "unfused"
+    if n >= NUMBA_MIN_SIZE and len(real) >= 1:
+        return "numba"
+    return "unfused"
+
+
+# ---------------------------------------------------------------------------------------------
+# The driver
+
+
+class Executable:
+    """A lowered program: call it with the flat inputs, get the list of flat outputs.
+
+    ``source`` is the generated driver; ``kernel_sources`` the generated kernels;
+    ``jaxpr`` the simplified program; ``as_text()`` all of it for people."""
+
+    def __init__(self, fn, source, kernel_sources, jaxpr, steps_summary, dispatchers,
+                 original=None):
+        self.fn = fn
+        self.source = source
+        self.kernel_sources = kernel_sources
+        self.jaxpr = jaxpr
+        self.steps_summary = steps_summary
+        self.dispatchers = dispatchers
+        self.original = original
+        self._ran = False
+        self.first_run = {}
+
+    def __call__(self, *args):
+        if not self._ran:
+            return self._first_call(args)
+        return self.fn(*args)
+
+    def _first_call(self, args):
+        # The first run compiles (or loads from disk) the numba kernels: account for it.
+        before = _numba_compile_stats(self.dispatchers) if self.dispatchers else (0, 0)
+        t0 = time.perf_counter()
+        out = self.fn(*args)
+        dt = time.perf_counter() - t0
+        after = _numba_compile_stats(self.dispatchers) if self.dispatchers else (0, 0)
+        comp, hits = after[0] - before[0], after[1] - before[1]
+        counters["numba_compiles"] += comp
+        counters["numba_disk_hits"] += hits
+        self.first_run = {"seconds": dt, "numba_compiles": comp, "numba_disk_hits": hits}
+        self._ran = True
+        return out
+
+    def as_text(self):
+        parts = ["# simplified jaxpr", str(self.jaxpr), "# steps"]
+        parts += [f"#   {s}" for s in self.steps_summary]
+        parts += ["# driver", self.source]
+        for i, src in enumerate(self.kernel_sources):
+            parts += [f"# kernel {i}", src]
+        return "\n".join(parts)
+
+
+def _impl_callable(eqn):
+    prim = eqn.primitive
+    if prim.impl is None:
+        raise NotImplementedError(f"jit: primitive '{prim}' has no impl to run")
+    if eqn.params:
+        return functools.partial(prim.impl, **eqn.params)
+    return prim.impl
+
+
+def _py_literal(lit):
+    val = lit.val
+    if lit.aval.weak_type and isinstance(val, (np.generic, np.ndarray)) and np.ndim(val) == 0:
+        return np.asarray(val).item()  # stays weak for numpy's NEP 50 promotion
+    return val
+
+
+def lower(closed, donated=(), name="jitted", sub_lowering=None):
+    """Lower a ClosedJaxpr to an ``Executable`` on the CPU."""
+    jaxpr, consts = plan.inline_calls(closed.jaxpr, closed.consts)
+    jaxpr, consts = plan.simplify(jaxpr, consts)
+    steps = plan.fuse(jaxpr, plan.DEFAULT_FUSIBLE, _can_fuse)
+    last = plan.last_uses(steps, jaxpr.outvars)
+    glb = {"_np": np, "_wrap": core.wrap_array, "_reuse": _reuse_buffer}
+    names = {}
+    counter = [0]
+
+    def fresh(prefix="t"):
+        counter[0] += 1
+        return f"{prefix}{counter[0]}"
+
+    for i, v in enumerate(jaxpr.invars):
+        names[v] = f"a{i}"
+    for i, (v, c) in enumerate(zip(jaxpr.constvars, consts)):
+        names[v] = f"C{i}"
+        glb[f"C{i}"] = c
+    nlit = [0]
+
+    def ref(v):
+        if type(v) is Literal:
+            k = f"K{nlit[0]}"
+            nlit[0] += 1
+            glb[k] = _py_literal(v)
+            return k
+        return names[v]
+
+    donated = tuple(donated) + (False,) * (len(jaxpr.invars) - len(donated))
+    owned = {v for v, d in zip(jaxpr.invars, donated) if d}
+    outset = {v for v in jaxpr.outvars if type(v) is not Literal}
+    lines = []
+    kernel_sources, summary, dispatchers = [], [], []
+    nk = [0]
+
+    def emit_op(eqn):
+        fn = fresh("_f")
+        rule = lowering_rules.get(eqn.primitive.name)
+        if rule is not None:
+            glb[fn] = rule(eqn, sub_lowering or (lambda c: lower(c)))
+        else:
+            glb[fn] = _impl_callable(eqn)
+        args = ", ".join(ref(v) for v in eqn.invars)
+        outs = []
+        for v in eqn.outvars:
+            if type(v) is core.DropVar:
+                outs.append("_")
+            else:
+                names[v] = fresh()
+                outs.append(names[v])
+        if eqn.primitive.multiple_results:
+            lhs = ", ".join(outs) + ("," if len(outs) == 1 else "")
+            lines.append(f"{lhs} = {fn}({args})" if outs else f"{fn}({args})")
+        else:
+            lines.append(f"{outs[0]} = {fn}({args})")
+
+    for si, step in enumerate(steps):
+        if isinstance(step, OpStep):
+            summary.append(f"op {step.eqn.primitive}")
+            emit_op(step.eqn)
+        else:
+            style = _choose(step)
+            if style == "unfused":
+                summary.append(f"unfused {step.shape} {[str(e.primitive) for e in step.eqns]}")
+                for eqn in step.eqns:
+                    emit_op(eqn)
+            elif style == "blocked":
+                kname = f"_b{nk[0]}"
+                nk[0] += 1
+                fn, src, arg_names = _blocked_kernel(step, kname)
+                counters["blocked_kernels"] += 1
+                glb[kname] = fn
+                kernel_sources.append(src)
+                summary.append(f"blocked kernel {kname} {step.shape} "
+                               f"{[str(e.primitive) for e in step.eqns]}")
+                args = []
+                for a in arg_names:
+                    li = int(a[1:])
+                    op, view = step.loads[li]
+                    if a[0] == "S":
+                        args.append(f"_np.reshape({ref(op)}, ())[()]")
+                    else:
+                        args.append(ref(op))
+                outs = []
+                for v in step.outputs:
+                    names[v] = fresh()
+                    outs.append(names[v])
+                lines.append(f"{', '.join(outs)}, = {kname}({', '.join(args)})")
+            else:
+                _emit_numba(step, lines, glb, names, ref, fresh, nk, kernel_sources, summary,
+                            dispatchers, last, si, owned, outset)
+        # Free big intermediates as soon as they die.
+        dead = [v for v, li in last.items() if li == si and v in names and
+                names[v][0] == "t" and v.aval.size >= 4096]
+        if dead:
+            lines.append("del " + ", ".join(names[v] for v in dead))
+    rets = ", ".join(f"_wrap({ref(v)})" for v in jaxpr.outvars)
+    lines.append(f"return [{rets}]")
+    params = ", ".join(f"a{i}" for i in range(len(jaxpr.invars)))
+    source = f"def {_safe_name(name)}({params}):\n" + "\n".join("    " + ln for ln in lines) + "\n"
+    exec(compile(source, f"<functrax driver {name}>", "exec"), glb)
+    fn = glb[_safe_name(name)]
+    return Executable(fn, source, kernel_sources, jaxpr, summary, dispatchers, closed)
+
+
+def _safe_name(name):
+    s = "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in str(name))
+    if not s or s[0].isdigit():
+        s = "f_" + s
+    return s
+
+
+def _reuse_buffer(x, shape, dtype):
+    """x reshaped to ``shape`` when its memory may be overwritten (a donated argument); else a
+    new buffer."""
+    if type(x) in (np.ndarray, core.Array) and x.dtype == dtype and \
+            x.flags.c_contiguous and x.flags.writeable and x.base is None:
+        return x.reshape(shape)
+    return np.empty(shape, dtype)
+
+
+def _emit_numba(step, lines, glb, names, ref, fresh, nk, kernel_sources, summary, dispatchers,
+                last, si, owned, outset):
+    groups, loop_shape = _coalesce(step)
+    parallel = step.size >= PARALLEL_MIN_SIZE and _numba_num_threads() > 1 and \
+        not any(0 in reds for reds in _reduced_loop_dims(step, groups))
+    src, load_args, out_args, red_args, reductions = _numba_kernel_source(
+        step, groups, loop_shape, parallel)
+    kern = _get_numba_kernel(src)
+    dispatchers.append(kern)
+    kname = f"_k{nk[0]}"
+    nk[0] += 1
+    glb[kname] = kern
+    kernel_sources.append(src)
+    summary.append(f"numba kernel {kname} {step.shape} loop {loop_shape}"
+                   f"{' parallel' if parallel else ''} {[str(e.primitive) for e in step.eqns]}")
+    args = [str(n) for n in loop_shape]
+    # Dying, owned, full-shape inputs can be overwritten by a same-typed output.
+    reusable = []
+    for li, kind, lv in load_args:
+        op, view = step.loads[li]
+        if kind == "array" and op in owned and last.get(op) == si and op not in outset and \
+                tuple(view) == tuple(step.shape):
+            reusable.append(op)
+    for li, kind, lv in load_args:
+        op, view = step.loads[li]
+        dt = op.aval.dtype
+        if kind == "scalar":
+            args.append(f"_np.{_dt_name(dt)}(_np.reshape({ref(op)}, ())[()])")
+        elif tuple(op.aval.shape) == tuple(lv):
+            args.append(ref(op))
+        else:
+            args.append(f"_np.reshape({ref(op)}, {lv!r})")
+    post = []
+    for oi, v in out_args:
+        dt = v.aval.dtype
+        buf = fresh("o")
+        src_reuse = next((u for u in reusable if u.aval.dtype == dt), None)
+        if src_reuse is not None:
+            reusable.remove(src_reuse)
+            lines.append(f"{buf} = _reuse({ref(src_reuse)}, {loop_shape!r}, _np.{_dt_name(dt)})")
+        else:
+            lines.append(f"{buf} = _np.empty({loop_shape!r}, _np.{_dt_name(dt)})")
+        args.append(buf)
+        names[v] = fresh()
+        owned.add(v)
+        post.append(f"{names[v]} = {buf}.reshape({v.aval.shape!r})" if v.aval.shape != loop_shape
+                    else f"{names[v]} = {buf}")
+    for r, v in red_args:
+        red_loop = reductions[r][2]
+        acc_dt = reductions[r][5]
+        kept_shape = tuple(s for k, s in enumerate(loop_shape) if k not in red_loop) or (1,)
+        buf = fresh("r")
+        lines.append(f"{buf} = _np.empty({kept_shape!r}, _np.{_dt_name(acc_dt)})")
+        args.append(buf)
+        names[v] = fresh()
+        dt = v.aval.dtype
+        conv = f".astype(_np.{_dt_name(dt)})" if dt != acc_dt else ""
+        post.append(f"{names[v]} = {buf}{conv}.reshape({v.aval.shape!r})")
+    lines.append(f"{kname}({', '.join(args)})")
+    lines.extend(post)
+
+
+def _reduced_loop_dims(step, groups):
+    out = []
+    for e in step.eqns:
+        if e.primitive.name in plan.REDUCTIONS:
+            axes = set(e.params["axes"])
+            out.append([k for k, g in enumerate(groups) if any(d in axes for d in g)])
+    return out
