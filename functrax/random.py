@@ -30,6 +30,7 @@ import math
 import numpy as np
 
 from . import core, dtypes, lax
+from . import numpy as fnp
 from .core import Tracer, get_aval
 
 __all__ = [
@@ -553,14 +554,18 @@ def choice(key, a, shape=(), replace=True, p=None, axis=0):
         else:
             # Gumbel top-k: the k largest of log p + Gumbel noise are a sample without
             # replacement with probabilities p.
-            g = lax.add(gumbel(key, (n_inputs,), get_aval(pf).dtype), lax.log(pf))
+            pdt = get_aval(pf).dtype
+            pos = lax.gt(pf, np.array(0, pdt))
+            # log(0) = -inf excludes zero-probability entries (without numpy's warning).
+            logp = lax.select(pos, lax.log(lax.select(pos, pf, lax.full_like(pf, 1))),
+                              lax.full_like(pf, -np.inf))
+            g = lax.add(gumbel(key, (n_inputs,), pdt), logp)
             _, order = lax.sort((lax.neg(g), lax.iota(np.int64, n_inputs)), dimension=0,
                                 num_keys=1)
             ind = lax.reshape(lax.slice_in_dim(order, 0, n_draws), shape)
     if arr is None:
         return ind
     flat_ind = lax.reshape(ind, (n_draws,))
-    from . import numpy as fnp
     picked = fnp.take(arr, flat_ind, axis=axis)
     a_shape = get_aval(arr).shape
     return lax.reshape(picked, a_shape[:axis] + shape + a_shape[axis + 1:])

@@ -190,7 +190,8 @@ def _carry_mismatch(fname, paths, in_avals, out_avals, prefix="carry"):
     for i, (p, a, b) in enumerate(zip(paths, in_avals, out_avals)):
         if a.shape == b.shape and a.dtype == b.dtype:
             continue
-        if a.shape == b.shape and a.weak_type:
+        if a.shape == b.shape and a.weak_type and \
+                dtypes.promote_avals_dtype([a, b.strip_weak_type()])[0] == b.dtype:
             promote[i] = b.dtype
             continue
         return promote, _locate(TypeError(
@@ -1082,11 +1083,11 @@ core.partial_eval_rules[while_p] = _pe_rule(_while_partial_eval)
 
 def _while_transpose(cts, *args, cond_jaxpr, body_jaxpr, cond_nconsts, body_nconsts,
                      max_steps):
-    raise ValueError(
+    raise _locate(ValueError(
         "Reverse-mode differentiation (grad, vjp) of lax.while_loop needs a bound on its "
         "number of iterations: pass max_steps=n to lax.while_loop (memory grows with n), or "
         "write the loop with lax.fori_loop / lax.scan with a static trip count. Forward "
-        "mode (jvp, jacfwd) works without a bound.")
+        "mode (jvp, jacfwd) works without a bound."))
 
 
 transpose_rules[while_p] = _while_transpose

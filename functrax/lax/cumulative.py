@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import dtypes
+from .. import core, dtypes
 from ..core import Primitive, ShapedArray, get_aval
 from ..interpreters import batching
 from ..interpreters import jvp as ad
@@ -74,7 +74,8 @@ def _normalize_axis(name, x, axis):
     ndim = get_aval(x).ndim
     axis = int(axis)
     if not -ndim <= axis < ndim:
-        raise ValueError(f"{name}: axis {axis} is out of bounds for an operand of rank {ndim}")
+        raise core._locate(ValueError(f"{name}: axis {axis} is out of bounds for an operand "
+                                      f"of rank {ndim}"))
     return axis % ndim
 
 

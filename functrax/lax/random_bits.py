@@ -33,7 +33,10 @@ _KS_PARITY = 0x1BD11BDA
 
 def _threefry2x32_impl(key1, key2, x1, x2):
     xp = array_namespace(key1, key2, x1, x2)
-    arrays = [xp.asarray(a, dtype=np.uint32) for a in (key1, key2, x1, x2)]
+    arrays = [xp.asarray(a) for a in (key1, key2, x1, x2)]
+    if any(a.dtype != np.uint32 for a in arrays):
+        # Same contract as under tracing: bind re-raises the abstract eval's message.
+        raise TypeError("threefry2x32: operands must be uint32")
     shape = np.broadcast_shapes(*[a.shape for a in arrays])
     # Work on flat 1-d copies: ufuncs on arrays wrap modulo 2**32 silently, whereas numpy's
     # scalar arithmetic (what 0-d operands decay to) warns on overflow.

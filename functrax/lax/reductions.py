@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import dtypes
+from .. import core, dtypes
 from ..core import Primitive, ShapedArray, get_aval
 from ..interpreters import batching
 from ..interpreters import jvp as ad
@@ -52,7 +52,10 @@ def _normalize_axes(x, axes, name="reduce"):
         return tuple(range(ndim))
     if isinstance(axes, (int, np.integer)):
         axes = (axes,)
-    return tuple(sorted(check_axes(name, axes, ndim)))
+    try:
+        return tuple(sorted(check_axes(name, axes, ndim)))
+    except ValueError as e:
+        raise core._locate(e) from None
 
 
 def _kept_dims(ndim, axes):
@@ -286,7 +289,10 @@ argmin_p = _arg_primitive("argmin")
 
 def _arg_wrapper(p, name, operand, axis, index_dtype):
     ndim = get_aval(operand).ndim
-    (axis,) = check_axes(name, (axis,), ndim)
+    try:
+        (axis,) = check_axes(name, (axis,), ndim)
+    except ValueError as e:
+        raise core._locate(e) from None
     index_dtype = np.dtype(index_dtype)
     return p.bind(operand, axes=(axis,), index_dtype=index_dtype)
 

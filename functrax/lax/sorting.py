@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import dtypes
+from .. import core, dtypes
 from ..core import Primitive, ShapedArray, get_aval
 from ..interpreters import batching
 from ..interpreters import jvp as ad
@@ -37,8 +37,8 @@ __all__ = ["sort", "sort_key_val", "top_k", "sort_p", "top_k_p", "take_along_axi
 def _check_axis(name, axis, ndim):
     axis = int(axis)
     if not -ndim <= axis < ndim:
-        raise ValueError(f"{name}: dimension {axis} is out of bounds for an operand of rank "
-                         f"{ndim}")
+        raise core._locate(ValueError(f"{name}: dimension {axis} is out of bounds for an "
+                                      f"operand of rank {ndim}"))
     return axis % ndim
 
 

@@ -391,6 +391,12 @@ def concatenate(operands, dimension):
     operands = list(operands)
     if len(operands) == 1:
         return operands[0]
+    dts = {get_aval(o).dtype for o in operands}
+    if len(dts) > 1:
+        # numpy would promote silently on the eager path; lax does not, traced or not.
+        raise core._locate(TypeError(
+            f"concatenate: operands must have the same dtype, got "
+            f"{[get_aval(o).str_short() for o in operands]}"))
     return concatenate_p.bind(*operands, dimension=int(dimension))
 
 

@@ -84,31 +84,37 @@ def _check_window_params(name, aval, window_dimensions, window_strides, padding,
                              base_dilation, window_dilation)
 
 
-def _is_tiling(shape, window_dimensions, window_strides, padding, base_dilation,
-               window_dilation):
-    """Non-overlapping windows that tile the operand exactly (the usual 2x2 pooling)."""
-    return (tuple(window_dimensions) == tuple(window_strides)
-            and all(lo == 0 and hi == 0 for lo, hi in padding)
-            and all(b == 1 for b in base_dilation) and all(w == 1 for w in window_dilation)
-            and all(d % w == 0 for d, w in zip(shape, window_dimensions)))
+def _padded(x, xp, fill, padding, base_dilation):
+    """The operand padded and dilated with ``fill`` (no copy when there is nothing to do)."""
+    return pad_and_dilate(x, xp, tuple(range(x.ndim)), padding, base_dilation, fill)
 
 
-def _tiles(x, window_dimensions):
-    """x reshaped (no copy) to (o0, w0, o1, w1, ...) for a tiling window."""
-    shape = []
-    for d, w in zip(x.shape, window_dimensions):
-        shape += [d // w, w]
-    return x.reshape(shape)
+def _offset_slices(out_shape, window_dimensions, window_strides, window_dilation):
+    """For each position in the window (row-major), the strided slice of the padded operand
+    holding that element of every window: small windows are reduced one offset at a time, a
+    few vectorized passes instead of a reduction over short, strided window axes."""
+    out = []
+    for offset in itertools.product(*[range(w) for w in window_dimensions]):
+        out.append(tuple(slice(o * wd, o * wd + (c - 1) * s + 1, s) if c else slice(0, 0)
+                         for o, wd, c, s in zip(offset, window_dilation, out_shape,
+                                                window_strides)))
+    return out
 
 
-def _windows(x, xp, fill, *, window_dimensions, window_strides, padding, base_dilation,
-             window_dilation):
-    """A view (*out_shape, *window_dimensions) of the padded, dilated operand."""
-    x = pad_and_dilate(xp.asarray(x), xp, tuple(range(np.ndim(x))), padding, base_dilation,
-                       fill)
-    view, _ = window_view(x, xp, tuple(range(x.ndim)), window_dimensions, window_strides,
-                          window_dilation)
-    return view
+_SMALL_WINDOW = 16  # above this many elements per window, reduce a strided view instead
+
+
+def _bits_dtype(dtype):
+    return {1: np.int8, 2: np.int16, 4: np.int32, 8: np.int64}.get(np.dtype(dtype).itemsize)
+
+
+def _keep_where(xp, x, mask):
+    """``where(mask, x, 0)`` computed with a bit mask: exact (NaN and inf are kept where
+    selected and never leak where not) and much faster than a data-dependent select."""
+    it = _bits_dtype(x.dtype)
+    if it is None:
+        return xp.where(mask, x, xp.zeros((), x.dtype))
+    return (x.view(it) & -mask.astype(it)).view(x.dtype)
 
 
 def _window_params(prim_params):
@@ -133,22 +139,30 @@ def _batch_window_params(d, *, window_dimensions, window_strides, padding, base_
 
 
 def _make_reducer_impl(kind):
-    def impl(x, **params):
+    def impl(x, *, window_dimensions, window_strides, padding, base_dilation, window_dilation):
         xp = array_namespace(x)
         x = xp.asarray(x)
-        n = x.ndim
-        if _is_tiling(x.shape, **params):
-            t = _tiles(x, params["window_dimensions"])
-            axes = tuple(range(1, 2 * n, 2))
-        else:
-            t = _windows(x, xp, _identity(kind, x.dtype), **params)
-            axes = tuple(range(n, 2 * n))
-        if kind == "add":
-            return xp.sum(t, axis=axes, dtype=x.dtype)
-        if t.size == 0:
-            out_shape = tuple(s for i, s in enumerate(t.shape) if i not in axes)
-            return xp.full(out_shape, _identity(kind, x.dtype), x.dtype)
-        return (xp.max if kind == "max" else xp.min)(t, axis=axes)
+        out_shape = _window_out_shape(x.shape, window_dimensions, window_strides, padding,
+                                      base_dilation, window_dilation)
+        ident = _identity(kind, x.dtype)
+        if 0 in out_shape or 0 in window_dimensions:
+            return xp.full(out_shape, ident, x.dtype)
+        xpad = _padded(x, xp, ident, padding, base_dilation)
+        if int(np.prod(window_dimensions)) > _SMALL_WINDOW:
+            view, _ = window_view(xpad, xp, tuple(range(x.ndim)), window_dimensions,
+                                  window_strides, window_dilation)
+            axes = tuple(range(x.ndim, 2 * x.ndim))
+            if kind == "add":
+                return xp.sum(view, axis=axes, dtype=x.dtype)
+            return (xp.max if kind == "max" else xp.min)(view, axis=axes)
+        ufunc = {"add": xp.add, "max": xp.maximum, "min": xp.minimum}[kind]
+        if kind == "add" and dtypes.is_bool(x.dtype):
+            ufunc = xp.logical_or
+        slices = _offset_slices(out_shape, window_dimensions, window_strides, window_dilation)
+        acc = xpad[slices[0]].copy()
+        for sl in slices[1:]:
+            ufunc(acc, xpad[sl], out=acc)
+        return acc
     return impl
 
 
@@ -262,37 +276,51 @@ def reduce_window_min(operand, window_dimensions, window_strides=None, padding="
 # select_and_gather_add and select_and_scatter_add: the derivative of max/min pooling
 
 
-def _selected_index(operand, xp, select, params):
-    """For each window, the flat in-window index of its first max (min) element, and the
-    window view's layout: (index array of shape out_shape, tiling?)."""
+def _selected_index(operand, xp, select, window_dimensions, window_strides, padding,
+                    base_dilation, window_dilation):
+    """For each window, the (row-major) offset of its first max (min) element, and the
+    offset slices. A later offset wins only if strictly better, and it is larger than any
+    earlier winner, so the running winner is a running maximum of ``k * better``."""
     operand = xp.asarray(operand)
-    n = operand.ndim
-    if _is_tiling(operand.shape, **params):
-        t = _tiles(operand, params["window_dimensions"])
-        t = xp.transpose(t, tuple(range(0, 2 * n, 2)) + tuple(range(1, 2 * n, 2)))
-    else:
-        t = _windows(operand, xp, _identity(select, operand.dtype), **params)
-    out_shape = t.shape[:n]
-    flat = t.reshape(out_shape + (-1,))
-    if flat.shape[-1] == 0 or flat.size == 0:
-        return xp.zeros(out_shape, np.intp)
-    return (xp.argmax if select == "max" else xp.argmin)(flat, axis=-1)
+    out_shape = _window_out_shape(operand.shape, window_dimensions, window_strides, padding,
+                                  base_dilation, window_dilation)
+    slices = _offset_slices(out_shape, window_dimensions, window_strides, window_dilation)
+    idx_dtype = np.int8 if len(slices) <= 127 else np.int32
+    idx = xp.zeros(out_shape, idx_dtype)
+    if 0 in out_shape or not slices:
+        return idx, slices
+    xpad = _padded(operand, xp, _identity(select, operand.dtype), padding, base_dilation)
+    better_than = xp.greater if select == "max" else xp.less
+    keep = xp.maximum if select == "max" else xp.minimum
+    best = xpad[slices[0]]
+    for k, sl in enumerate(slices[1:], 1):
+        v = xpad[sl]
+        better = better_than(v, best)
+        best = keep(best, v)
+        xp.maximum(idx, better.astype(idx_dtype) * idx_dtype(k), out=idx)
+    return idx, slices
 
 
-def _select_and_gather_add_impl(tangents, operand, *, select, **params):
+def _select_and_gather_add_impl(tangents, operand, *, select, window_dimensions,
+                                window_strides, padding, base_dilation, window_dilation):
     xp = array_namespace(tangents, operand)
     tangents = xp.asarray(tangents)
-    idx = _selected_index(operand, xp, select, params)
-    n = tangents.ndim
-    if _is_tiling(tangents.shape, **params):
-        t = _tiles(tangents, params["window_dimensions"])
-        t = xp.transpose(t, tuple(range(0, 2 * n, 2)) + tuple(range(1, 2 * n, 2)))
-    else:
-        t = _windows(tangents, xp, 0, **params)
-    flat = t.reshape(idx.shape + (-1,))
-    if flat.shape[-1] == 0:
+    idx, slices = _selected_index(operand, xp, select, window_dimensions, window_strides,
+                                  padding, base_dilation, window_dilation)
+    if 0 in idx.shape or not slices:
         return xp.zeros(idx.shape, tangents.dtype)
-    return xp.take_along_axis(flat, idx[..., None], axis=-1)[..., 0]
+    tpad = _padded(tangents, xp, 0, padding, base_dilation)
+    it = _bits_dtype(tangents.dtype)
+    if it is None:
+        out = xp.zeros(idx.shape, tangents.dtype)
+        for k, sl in enumerate(slices):
+            out = xp.where(idx == k, tpad[sl], out)
+        return out
+    # Exactly one offset is selected per window: OR together the bit-masked candidates.
+    out = xp.zeros(idx.shape, it)
+    for k, sl in enumerate(slices):
+        xp.bitwise_or(out, tpad[sl].view(it) & -(idx == k).astype(it), out=out)
+    return out.view(tangents.dtype)
 
 
 def _select_abstract_eval(name, out_is_window):
@@ -315,35 +343,25 @@ select_and_gather_add_p.def_impl(_select_and_gather_add_impl)
 select_and_gather_add_p.def_abstract_eval(_select_abstract_eval("select_and_gather_add", True))
 
 
-def _select_and_scatter_add_impl(source, operand, *, select, window_dimensions, window_strides,
-                                 padding, base_dilation, window_dilation):
-    params = dict(window_dimensions=window_dimensions, window_strides=window_strides,
-                  padding=padding, base_dilation=base_dilation, window_dilation=window_dilation)
+def _select_and_scatter_add_impl(source, operand, *, select, window_dimensions,
+                                 window_strides, padding, base_dilation, window_dilation):
     xp = array_namespace(source, operand)
     operand = xp.asarray(operand)
     source = xp.asarray(source)
-    idx = _selected_index(operand, xp, select, params)
-    n = operand.ndim
-    if _is_tiling(operand.shape, **params):
-        # Each element is in exactly one window: a one-hot spread of the source, reshaped back.
-        W = int(np.prod(window_dimensions, dtype=np.int64))
-        hot = idx[..., None] == xp.arange(W)
-        vals = xp.where(hot, source[..., None], xp.zeros((), source.dtype))
-        vals = vals.reshape(idx.shape + tuple(window_dimensions))
-        inv = [0] * (2 * n)
-        for i in range(n):
-            inv[2 * i], inv[2 * i + 1] = i, n + i
-        return xp.transpose(vals, inv).reshape(operand.shape)
-    # Overlapping or padded windows: add the source at each window offset in turn (a loop over
-    # the few positions of one window, each step vectorized over all windows).
-    grown = pad_and_dilate(xp.zeros(operand.shape, source.dtype), xp, tuple(range(n)), padding,
-                           base_dilation)
-    acc = xp.zeros(grown.shape, source.dtype)
-    out_shape = idx.shape
-    for k, offset in enumerate(itertools.product(*[range(w) for w in window_dimensions])):
-        sl = tuple(slice(o * wd, o * wd + (c - 1) * s + 1, s) if c else slice(0, 0)
-                   for o, wd, c, s in zip(offset, window_dilation, out_shape, window_strides))
-        acc[sl] += xp.where(idx == k, source, xp.zeros((), source.dtype))
+    idx, slices = _selected_index(operand, xp, select, window_dimensions, window_strides,
+                                  padding, base_dilation, window_dilation)
+    grown = tuple(_dilate_dim(d, bd) + lo + hi
+                  for d, bd, (lo, hi) in zip(operand.shape, base_dilation, padding))
+    acc = xp.zeros(grown, source.dtype)
+    if 0 not in idx.shape:
+        # Windows that cannot overlap (pooling) take a plain store instead of an update.
+        disjoint = all(s >= _dilate_dim(w, wd) for s, w, wd in
+                       zip(window_strides, window_dimensions, window_dilation))
+        for k, sl in enumerate(slices):
+            if disjoint:
+                acc[sl] = _keep_where(xp, source, idx == k)
+            else:
+                acc[sl] += _keep_where(xp, source, idx == k)
     # Undo the padding (cropped edges come back as zeros) and the dilation.
     regrow = [(max(-lo, 0), max(-hi, 0)) for lo, hi in padding]
     if any(a or b for a, b in regrow):

@@ -666,6 +666,9 @@ class Executable:
         self.original = original
         self._ran = False
         self.first_run = {}
+        self.compile_seconds = 0.0
+        self.numba_compiles = 0
+        self.numba_disk_hits = 0
 
     def __call__(self, *args):
         if not self._ran:
@@ -746,6 +749,18 @@ def lower(closed, donated=(), name="jitted", sub_lowering=None):
     lines = []
     kernel_sources, summary, dispatchers = [], [], []
     nk = [0]
+    styles = [None if isinstance(st, OpStep) else _choose(st) for st in steps]
+    # Buffers handed to an impl may live on inside its result (reshape, transpose and
+    # broadcast return views), so only values read by kernels alone may be overwritten.
+    for st, style in zip(steps, styles):
+        if style is None or style == "unfused":
+            for e in ([st.eqn] if style is None else st.eqns):
+                owned.difference_update(v for v in e.invars if type(v) is not Literal)
+    impl_read = set()
+    for st, style in zip(steps, styles):
+        if style is None or style == "unfused":
+            for e in ([st.eqn] if style is None else st.eqns):
+                impl_read.update(v for v in e.invars if type(v) is not Literal)
 
     def emit_op(eqn):
         fn = fresh("_f")
@@ -773,7 +788,7 @@ def lower(closed, donated=(), name="jitted", sub_lowering=None):
             summary.append(f"op {step.eqn.primitive}")
             emit_op(step.eqn)
         else:
-            style = _choose(step)
+            style = styles[si]
             if style == "unfused":
                 summary.append(f"unfused {step.shape} {[str(e.primitive) for e in step.eqns]}")
                 for eqn in step.eqns:
@@ -802,7 +817,7 @@ def lower(closed, donated=(), name="jitted", sub_lowering=None):
                 lines.append(f"{', '.join(outs)}, = {kname}({', '.join(args)})")
             else:
                 _emit_numba(step, lines, glb, names, ref, fresh, nk, kernel_sources, summary,
-                            dispatchers, last, si, owned, outset)
+                            dispatchers, last, si, owned, outset | impl_read, set(jaxpr.invars))
         # Free big intermediates as soon as they die.
         dead = [v for v, li in last.items() if li == si and v in names and
                 names[v][0] == "t" and v.aval.size >= 4096]
@@ -814,7 +829,11 @@ def lower(closed, donated=(), name="jitted", sub_lowering=None):
     source = f"def {_safe_name(name)}({params}):\n" + "\n".join("    " + ln for ln in lines) + "\n"
     exec(compile(source, f"<functrax driver {name}>", "exec"), glb)
     fn = glb[_safe_name(name)]
-    return Executable(fn, source, kernel_sources, jaxpr, summary, dispatchers, closed)
+    exe = Executable(fn, source, kernel_sources, jaxpr, summary, [k for k, _ in dispatchers],
+                     closed)
+    if dispatchers:
+        exe.compile_seconds, exe.numba_compiles, exe.numba_disk_hits = _precompile(dispatchers)
+    return exe
 
 
 def _safe_name(name):
@@ -828,20 +847,21 @@ def _reuse_buffer(x, shape, dtype):
     """x reshaped to ``shape`` when its memory may be overwritten (a donated argument); else a
     new buffer."""
     if type(x) in (np.ndarray, core.Array) and x.dtype == dtype and \
-            x.flags.c_contiguous and x.flags.writeable and x.base is None:
+            x.flags.c_contiguous and x.flags.writeable:
         return x.reshape(shape)
     return np.empty(shape, dtype)
 
 
 def _emit_numba(step, lines, glb, names, ref, fresh, nk, kernel_sources, summary, dispatchers,
-                last, si, owned, outset):
+                last, si, owned, outset, invars):
     groups, loop_shape = _coalesce(step)
     parallel = step.size >= PARALLEL_MIN_SIZE and _numba_num_threads() > 1 and \
         not any(0 in reds for reds in _reduced_loop_dims(step, groups))
     src, load_args, out_args, red_args, reductions = _numba_kernel_source(
         step, groups, loop_shape, parallel)
     kern = _get_numba_kernel(src)
-    dispatchers.append(kern)
+    dispatchers.append((kern, _signature(step, loop_shape, load_args, out_args, red_args,
+                                         reductions)))
     kname = f"_k{nk[0]}"
     nk[0] += 1
     glb[kname] = kern
@@ -872,12 +892,17 @@ def _emit_numba(step, lines, glb, names, ref, fresh, nk, kernel_sources, summary
         src_reuse = next((u for u in reusable if u.aval.dtype == dt), None)
         if src_reuse is not None:
             reusable.remove(src_reuse)
-            lines.append(f"{buf} = _reuse({ref(src_reuse)}, {loop_shape!r}, _np.{_dt_name(dt)})")
+            if src_reuse in invars:  # a donated argument: check what the caller passed
+                lines.append(f"{buf} = _reuse({ref(src_reuse)}, {loop_shape!r}, "
+                             f"_np.{_dt_name(dt)})")
+            else:  # a buffer this program allocated
+                lines.append(f"{buf} = {ref(src_reuse)}.reshape({loop_shape!r})")
         else:
             lines.append(f"{buf} = _np.empty({loop_shape!r}, _np.{_dt_name(dt)})")
         args.append(buf)
         names[v] = fresh()
-        owned.add(v)
+        if v not in outset:
+            owned.add(v)
         post.append(f"{names[v]} = {buf}.reshape({v.aval.shape!r})" if v.aval.shape != loop_shape
                     else f"{names[v]} = {buf}")
     for r, v in red_args:
@@ -893,6 +918,39 @@ def _emit_numba(step, lines, glb, names, ref, fresh, nk, kernel_sources, summary
         post.append(f"{names[v]} = {buf}{conv}.reshape({v.aval.shape!r})")
     lines.append(f"{kname}({', '.join(args)})")
     lines.extend(post)
+
+
+def _signature(step, loop_shape, load_args, out_args, red_args, reductions):
+    """numba argument types of a kernel call with C-contiguous arrays (the usual case; other
+    layouts compile on first sight)."""
+    from numba import types
+    from numba.np.numpy_support import from_dtype
+    sig = [types.int64] * len(loop_shape)
+    for li, kind, lv in load_args:
+        dt = from_dtype(step.loads[li][0].aval.dtype)
+        sig.append(dt if kind == "scalar" else types.Array(dt, len(lv), "C"))
+    for _, v in out_args:
+        sig.append(types.Array(from_dtype(v.aval.dtype), len(loop_shape), "C"))
+    for r, _ in red_args:
+        nkept = max(1, len(loop_shape) - len(reductions[r][2]))
+        sig.append(types.Array(from_dtype(reductions[r][5]), nkept, "C"))
+    return tuple(sig)
+
+
+def _precompile(dispatchers):
+    """Compile (or load from the disk cache) every kernel now. Returns (seconds, compiles,
+    disk hits)."""
+    kernels = [k for k, _ in dispatchers]
+    before = _numba_compile_stats(kernels)
+    t0 = time.perf_counter()
+    for kern, sig in dispatchers:
+        kern.compile(sig)
+    dt = time.perf_counter() - t0
+    after = _numba_compile_stats(kernels)
+    comp, hits = after[0] - before[0], after[1] - before[1]
+    counters["numba_compiles"] += comp
+    counters["numba_disk_hits"] += hits
+    return dt, comp, hits
 
 
 def _reduced_loop_dims(step, groups):

@@ -586,7 +586,9 @@ def _quantile(name, a, q, axis, method, keepdims, ignore_nan):
     a = asarray_arg(a)
     aval = get_aval(a)
     target = _float_dtype(aval.dtype)
-    a = _as_dtype(a, target)
+    # Methods that pick an element keep an integer input's dtype, as numpy does.
+    picks = method in ("lower", "higher", "nearest") and dtypes.is_integer(aval.dtype)
+    a = _as_dtype(a, aval.dtype if picks else target)
     q = asarray_arg(q)
     if not isinstance(q, Tracer):
         qv = np.asarray(q)
@@ -644,8 +646,9 @@ def _quantile(name, a, q, axis, method, keepdims, ignore_nan):
         bad = lax.eq(count, 0)
     else:
         bad = lax.reduce_or(nan_rows, (len(rest),))
-    bad_b = lax.broadcast_in_dim(bad, shape, tuple(range(len(rest))))
-    r = lax.select_n(bad_b, r, lax.full(shape, np.nan, target))
+    if not picks:
+        bad_b = lax.broadcast_in_dim(bad, shape, tuple(range(len(rest))))
+        r = lax.select_n(bad_b, r, lax.full(shape, np.nan, target))
     # (rest..., m) -> q's shape + the kept (or size-1) dims.
     r = lax.transpose(r, (len(rest),) + tuple(range(len(rest))))
     out_rest = tuple(1 if i in axes else d for i, d in enumerate(aval.shape)) if keepdims \
