@@ -33,8 +33,9 @@ primitive whose transpose calls ``bwd``; otherwise (pure forward mode) it differ
 ``fun``. ``custom_lin`` evaluated forward (its impl) also differentiates ``fun``, so a linearized
 program that is run forward rather than transposed stays correct.
 
-Values ``fun`` closes over that are themselves being differentiated are differentiated through
-``fun`` with ordinary AD (the custom rule covers the explicit arguments).
+Values ``fun`` closes over that are themselves being differentiated (a closure over a tracer)
+get ordinary AD: through ``fun`` when no explicit argument is differentiated, through the code
+of the JVP rule (or of ``fwd``) otherwise; the custom rule covers the explicit arguments.
 """
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ from .core import ClosedJaxpr, Primitive, get_aval
 from .interpreters import batching
 from .interpreters.jvp import (Zero, add_tangents, instantiate_zeros, is_zero, jvp_flat, jvp_rules,
                                tangent_aval)
-from .interpreters.transpose import UndefinedPrimal, backward_pass, transpose_rules
+from .interpreters.transpose import transpose_rules
 from .tree_util import tree_flatten, tree_unflatten, tree_structure
 
 __all__ = ["custom_jvp", "custom_vjp", "custom_gradient"]
@@ -306,27 +307,58 @@ custom_jvp_call_p.def_impl(_custom_jvp_call_impl)
 custom_jvp_call_p.def_abstract_eval(_custom_call_abstract_eval)
 
 
-def _add_closure_tangents(call_jaxpr, primals, tangents, num_consts, t_out):
-    """Closed-over values being differentiated contribute through ordinary AD of ``fun``."""
-    const_ts = tangents[:num_consts]
-    if not any(_nonzero(t) for t in const_ts):
-        return t_out
-    args = primals[num_consts:]
-    _, extra = jvp_flat(lambda *c: _eval_call(call_jaxpr, *c, *args), primals[:num_consts],
-                        list(const_ts))
-    return [add_tangents(a, b) for a, b in zip(t_out, extra)]
+def _differentiate_fun(prim, primals, tangents, params):
+    """The derivative of the primal function itself (forward mode of a custom_vjp function,
+    or a call whose explicit arguments are not being differentiated). When an outer
+    transformation is watching the primals, the primal output is re-bound so that the custom
+    rule stays attached for it."""
+    call_jaxpr = params["call_jaxpr"]
+    p_out, t_out = jvp_flat(functools.partial(_eval_call, call_jaxpr), list(primals),
+                            list(tangents))
+    if any(isinstance(p, core.Tracer) for p in primals):
+        p_out = prim.bind(*primals, **params)
+    return p_out, t_out
+
+
+def _tracer_level(x):
+    return x._trace.main.level if isinstance(x, core.Tracer) else -1
+
+
+def _split_own_level(outs, inputs):
+    """A rule that closes over values this JVP differentiates returns values carrying this
+    JVP's own tracers (the rule's code was differentiated along with them). Split each output
+    into its value and the tangent it carries (None where it carries none)."""
+    from .interpreters.jvp import JVPTracer
+    floor = max([_tracer_level(x) for x in inputs], default=-1)
+    values, carried = [], []
+    for o in outs:
+        if isinstance(o, JVPTracer) and o._trace.main.level > floor:
+            values.append(o.primal)
+            carried.append(o.tangent)
+        else:
+            values.append(o)
+            carried.append(None)
+    return values, carried
 
 
 def _custom_jvp_call_jvp(primals, tangents, *, call_jaxpr, jvp_fn, num_consts, name):
+    params = dict(call_jaxpr=call_jaxpr, jvp_fn=jvp_fn, num_consts=num_consts, name=name)
+    if not any(_nonzero(t) for t in tangents[num_consts:]):
+        # Only values fun closes over are differentiated: the rule (for the explicit
+        # arguments) does not apply. This also ends a rule's call of its own function.
+        return _differentiate_fun(custom_jvp_call_p, primals, tangents, params)
     in_avals = call_jaxpr.in_avals[num_consts:]
     out_avals = call_jaxpr.out_avals
     arg_ts = [instantiate_zeros(t) for t, a in zip(tangents[num_consts:], in_avals)
               if _is_float(a)]
     outs = jvp_fn(*primals[num_consts:], *arg_ts)
     n_out = len(out_avals)
-    p_out, float_ts = outs[:n_out], iter(outs[n_out:])
+    p_out, p_carried = _split_own_level(outs[:n_out], list(primals) + list(tangents))
+    float_ts, _ = _split_own_level(outs[n_out:], list(primals) + list(tangents))
+    float_ts = iter(float_ts)
     t_out = [next(float_ts) if _is_float(a) else Zero(tangent_aval(a)) for a in out_avals]
-    t_out = _add_closure_tangents(call_jaxpr, primals, tangents, num_consts, t_out)
+    t_out = [t if c is None or not _is_float(a) else add_tangents(t, c)
+             for t, c, a in zip(t_out, p_carried, out_avals)]
     return p_out, t_out
 
 
@@ -484,25 +516,29 @@ def _recorded(t) -> bool:
 
 
 def _custom_vjp_call_jvp(primals, tangents, *, call_jaxpr, fwd_fn, bwd_fn, num_consts, name):
-    nz = tuple(_nonzero(t) for t in tangents)
-    if not any(_recorded(t) for t, n in zip(tangents, nz) if n):
-        # Pure forward mode (beyond JAX): differentiate the primal function. The primal output
-        # is re-bound when an outer transformation is watching, so that it keeps the rule.
-        p_out, t_out = jvp_flat(functools.partial(_eval_call, call_jaxpr), list(primals),
-                                list(tangents))
-        if any(isinstance(p, core.Tracer) for p in primals):
-            p_out = custom_vjp_call_p.bind(*primals, call_jaxpr=call_jaxpr, fwd_fn=fwd_fn,
-                                           bwd_fn=bwd_fn, num_consts=num_consts, name=name)
-        return p_out, t_out
+    params = dict(call_jaxpr=call_jaxpr, fwd_fn=fwd_fn, bwd_fn=bwd_fn, num_consts=num_consts,
+                  name=name)
+    arg_nz = [_nonzero(t) for t in tangents[num_consts:]]
+    if not any(_recorded(t) for t, n in zip(tangents[num_consts:], arg_nz) if n):
+        # Pure forward mode (beyond JAX), or only closed-over values differentiated.
+        return _differentiate_fun(custom_vjp_call_p, primals, tangents, params)
     n_out = len(call_jaxpr.out_avals)
-    outs = fwd_fn(*primals[num_consts:])
+    everything = list(primals) + list(tangents)
+    outs, carried = _split_own_level(fwd_fn(*primals[num_consts:]), everything)
     p_out, res = outs[:n_out], outs[n_out:]
+    if any(c is not None for c in carried[n_out:]):
+        raise TypeError(f"{name}: fwd returned residuals that depend on a value the function "
+                        f"closes over and that is being differentiated; pass that value as an "
+                        f"argument instead")
+    nz = (False,) * num_consts + tuple(arg_nz)
     lin_out = custom_lin_p.bind(*res, *primals, *[t for t, n in zip(tangents, nz) if n],
                                 call_jaxpr=call_jaxpr, bwd_fn=bwd_fn, num_res=len(res),
                                 num_consts=num_consts, tangent_nz=nz, name=name)
     lin_it = iter(lin_out)
     t_out = [next(lin_it) if _is_float(a) else Zero(tangent_aval(a))
              for a in call_jaxpr.out_avals]
+    t_out = [t if c is None or not _is_float(a) else add_tangents(t, c)
+             for t, c, a in zip(t_out, carried[:n_out], call_jaxpr.out_avals)]
     return p_out, t_out
 
 
@@ -586,7 +622,6 @@ batching.batching_rules[custom_lin_p] = _custom_lin_batch
 
 
 def _custom_lin_transpose(cts, *ops, call_jaxpr, bwd_fn, num_res, num_consts, tangent_nz, name):
-    from .interpreters.partial_eval import linearize_flat
     res, primals, _ = _split_lin_operands(ops, call_jaxpr, num_res, tangent_nz)
     out_avals = call_jaxpr.out_avals
     float_out_avals = [a for a in out_avals if _is_float(a)]
@@ -596,26 +631,15 @@ def _custom_lin_transpose(cts, *ops, call_jaxpr, bwd_fn, num_res, num_consts, ta
     in_avals = call_jaxpr.in_avals
     ct_in = [None] * len(in_avals)
     if any(tangent_nz[num_consts:]):
-        arg_cts = iter(bwd_fn(*res, *cts))
+        try:
+            arg_cts = iter(bwd_fn(*res, *cts))
+        except (TypeError, ValueError) as e:
+            # Transposition does not go through bind: point at the user's call ourselves.
+            raise core._locate(e) from None
         for i in range(num_consts, len(in_avals)):
             if _is_float(in_avals[i]):
                 ct = next(arg_cts)
                 ct_in[i] = ct if tangent_nz[i] else None
-    const_idx = [i for i in range(num_consts) if tangent_nz[i]]
-    if const_idx:
-        def of_consts(*cs):
-            full = list(primals)
-            for i, c in zip(const_idx, cs):
-                full[i] = c
-            return _eval_call(call_jaxpr, *full)
-
-        _, lin, _ = linearize_flat(of_consts, [primals[i] for i in const_idx])
-        ct_it = iter(cts)
-        full_cts = [next(ct_it) if _is_float(a) else Zero(tangent_aval(a)) for a in out_avals]
-        c_cts = backward_pass(lin.jaxpr, lin.consts,
-                              [UndefinedPrimal(v.aval) for v in lin.jaxpr.invars], full_cts)
-        for i, c in zip(const_idx, c_cts):
-            ct_in[i] = c
     return [None] * (num_res + len(in_avals)) + [ct_in[i] for i, nz in enumerate(tangent_nz)
                                                   if nz]
 

@@ -58,6 +58,9 @@ def _cumulative_primitive(name, accumulate, require=None, require_msg=""):
     def impl(x, *, axis, reverse):
         xp = array_namespace(x)
         x = xp.asarray(x)
+        if require is not None and not require(x.dtype):
+            # numpy would quietly compute in float; lax refuses, eagerly as under tracing.
+            raise TypeError(f"{name}: {require_msg} (got {x.dtype.name})")
         return _flip(xp, accumulate(xp, _flip(xp, x, axis, reverse), axis), axis, reverse)
     p = Primitive(name)
     p.def_impl(impl)

@@ -771,6 +771,9 @@ batching.defvectorized(round_p)
 
 def round(x, rounding_method=RoundingMethod.AWAY_FROM_ZERO):  # noqa: A001 - lax's name
     """Round to the nearest integer; ties go away from zero unless TO_NEAREST_EVEN."""
+    if rounding_method not in (0, 1):
+        raise ValueError(f"round: rounding_method must be RoundingMethod.AWAY_FROM_ZERO (0) or "
+                         f"TO_NEAREST_EVEN (1), got {rounding_method!r}")
     return round_p.bind(x, rounding_method=int(rounding_method))
 
 
