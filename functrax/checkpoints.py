@@ -215,7 +215,7 @@ def _leaf_array(x, path):
     if arr.dtype == object or arr.dtype.kind in "USV":
         raise TypeError(f"checkpoints.save: the leaf at {path} ({type(x).__name__}, dtype "
                         f"{arr.dtype}) is not a numeric array")
-    return np.ascontiguousarray(arr)
+    return arr
 
 
 def save(path, tree):

@@ -152,8 +152,8 @@ def _check_outputs(name, what, leaves, tree, expected_tree, expected_avals):
 
 
 def _fit_cotangent_like(name, what, x, aval):
-    """A user-supplied tangent or cotangent checked against ``aval`` (a weakly typed Python
-    scalar is cast, anything else must already have the right shape and dtype)."""
+    """A user-supplied value checked against ``aval``: the shape must agree; a weakly typed
+    scalar or a float of another precision is cast; any other dtype is an error."""
     from . import lax
     x = _as_leaf(x, name, what)
     xa = get_aval(x)
@@ -281,6 +281,8 @@ def _make_custom_jvp_fn(rule, call):
         p_leaves, p_tree = tree_flatten(result[0])
         _check_outputs(name, "primal output of the JVP rule", p_leaves, p_tree, call.out_tree,
                        call.out_avals)
+        p_leaves = [_fit_cotangent_like(name, f"primal output {i} of the JVP rule", p, a)
+                    for i, (p, a) in enumerate(zip(p_leaves, call.out_avals))]
         t_leaves, t_tree = tree_flatten(result[1])
         if t_tree != call.out_tree:
             raise TypeError(f"{name}: the JVP rule's tangent output has structure {t_tree} but "
@@ -448,6 +450,8 @@ def _make_custom_vjp_fns(fwd, bwd, call):
                             f"{type(result).__name__}")
         out_leaves, out_tree = tree_flatten(result[0])
         _check_outputs(name, "output of fwd", out_leaves, out_tree, call.out_tree, call.out_avals)
+        out_leaves = [_fit_cotangent_like(name, f"output {i} of fwd", o, a)
+                      for i, (o, a) in enumerate(zip(out_leaves, call.out_avals))]
         res_leaves, box["res_tree"] = tree_flatten(result[1])
         box["num_res"] = len(res_leaves)
         res_leaves = [_as_leaf(r, name, "residuals returned by fwd") for r in res_leaves]

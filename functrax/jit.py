@@ -229,6 +229,8 @@ _WEAK_COMPLEX = ("weak", np.dtype(np.complex128))
 _BOOL = ((), np.dtype(np.bool_))
 _PY_SIGS = {float: _WEAK_FLOAT, int: _WEAK_INT, complex: _WEAK_COMPLEX, bool: _BOOL}
 _ARRAY_TYPES = (np.ndarray, Array)
+_NP_SCALARS = frozenset(t for t in set(np.sctypeDict.values())
+                        if issubclass(t, np.generic) and np.dtype(t).kind in "biufc")
 
 
 def _leaf_sig(x):
@@ -277,14 +279,24 @@ class _Entry:
     """One traced signature: the program and what running it needs."""
 
     __slots__ = ("closed", "out_tree", "single", "name", "backend", "donated", "exe", "params",
-                 "tracer_consts", "desc", "n_out")
+                 "tracer_consts", "desc", "n_out", "fn")
+
+    def _first(self, *leaves):
+        # Lower and run once (numba kernels compile or load here), then dispatch straight to
+        # the generated driver.
+        exe = self.executable()
+        outs = exe(*leaves)
+        self.fn = getattr(exe, "fn", exe)
+        return outs
+
+    def executable(self):
+        if self.exe is None:
+            self.exe = lowering.compile_jaxpr(self.closed, self.backend, self.donated,
+                                              self.name)
+        return self.exe
 
     def run(self, leaves):
-        exe = self.exe
-        if exe is None:
-            exe = self.exe = lowering.compile_jaxpr(self.closed, self.backend, self.donated,
-                                                    self.name)
-        return exe(*leaves)
+        return self.fn(*leaves)
 
 
 class JitFunction:
@@ -338,22 +350,36 @@ class JitFunction:
     # -- calling ----------------------------------------------------------------------------
 
     def __call__(self, *args, **kwargs):
-        if not kwargs and self._simple and not _cfg.disable_jit:
-            key = [self._backend or _cfg.default_backend]
-            for x in args:
-                t = type(x)
-                if t is Array or t is np.ndarray:
-                    key.append((x.shape, x.dtype))
+        # The fast path: positional array/scalar arguments with a known signature run the
+        # compiled driver directly, with no flattening and no tracing.
+        if self._simple and not kwargs and not _cfg.disable_jit:
+            fast = self._fast.get(self._backend or _cfg.default_backend)
+            if fast is not None:
+                if len(args) == 1:
+                    x = args[0]
+                    t = type(x)
+                    if t is Array or t is np.ndarray or t in _NP_SCALARS:
+                        key = (x.shape, x.dtype)
+                    else:
+                        key = _PY_SIGS.get(t)
                 else:
-                    s = _PY_SIGS.get(t)
-                    if s is None:
-                        break
-                    key.append(s)
-            else:
-                entry = self._fast.get(tuple(key))
+                    key = []
+                    for x in args:
+                        t = type(x)
+                        if t is Array or t is np.ndarray or t in _NP_SCALARS:
+                            key.append((x.shape, x.dtype))
+                        else:
+                            s = _PY_SIGS.get(t)
+                            if s is None:
+                                key = None
+                                break
+                            key.append(s)
+                    if key is not None:
+                        key = tuple(key)
+                entry = fast.get(key) if key is not None else None
                 if entry is not None and core._state.dynamic is None:
                     self.stats.cache_hits += 1
-                    outs = entry.run(args)
+                    outs = entry.fn(*args)
                     return outs[0] if entry.single else tree_unflatten(entry.out_tree, outs)
         return self._call_general(args, kwargs)
 
@@ -409,9 +435,11 @@ class JitFunction:
                                 sigs, backend)
             if entry.tracer_consts is None:
                 self._cache[key] = entry
-                if self._simple and not kwargs and all(
-                        type(a) in _ARRAY_TYPES or type(a) in _PY_SIGS for a in args):
-                    self._fast[(backend,) + tuple(sigs)] = entry
+                if self._simple and not kwargs and len(sigs) == len(args) and all(
+                        type(a) in _ARRAY_TYPES or type(a) in _PY_SIGS or
+                        type(a) in _NP_SCALARS for a in args):
+                    fkey = sigs[0] if len(sigs) == 1 else tuple(sigs)
+                    self._fast.setdefault(backend, {})[fkey] = entry
         else:
             self.stats.cache_hits += 1
         if entry.tracer_consts is None and core._state.dynamic is None and \
@@ -476,6 +504,7 @@ class JitFunction:
         e.backend = backend
         e.donated = donated
         e.exe = None
+        e.fn = e._first
         e.tracer_consts = tracer_consts
         e.params = dict(jaxpr=closed, name=self._name, backend=backend, donated=donated)
         e.desc = desc
@@ -573,9 +602,7 @@ class JitFunction:
                 raise TypeError(f"jit of {self._name}.lower: the function closes over traced "
                                 f"values; lower it outside of transformations")
             self._cache[key] = entry
-        if entry.exe is None:
-            entry.exe = lowering.compile_jaxpr(entry.closed, entry.backend, entry.donated,
-                                               entry.name)
+        entry.executable()
         return Lowered(self, entry, in_tree, tuple(sigs), statics)
 
 

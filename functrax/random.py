@@ -9,8 +9,10 @@ under ``vmap`` (keys of shape ``(n, 2)`` in, a batch of samples out) and are dif
 with respect to distribution parameters (``uniform``'s bounds, ``truncated_normal``'s limits,
 ``multivariate_normal``'s mean and covariance: reparameterized samples).
 
-With 64-bit floats (the default here, JAX with ``jax_enable_x64``), ``key``, ``split``,
-``fold_in``, ``bits`` and ``uniform`` produce the same numbers as JAX.
+``key``, ``split``, ``fold_in``, ``bits`` and ``uniform`` use JAX's exact constructions (the
+same counters, the same halving of the counter array, the same mantissa bits), so with 64-bit
+floats (JAX's ``jax_enable_x64``) they should give JAX's numbers; ``split(key(0))`` is checked
+against the values in JAX's documentation.
 
 >>> from functrax import random
 >>> key = random.key(0)
@@ -100,10 +102,6 @@ def _check_broadcast(name, shape, *param_shapes):
         if out != tuple(shape):
             raise ValueError(f"random.{name}: shape {tuple(shape)} is not broadcast-compatible "
                              f"with the parameter shape {tuple(ps)}")
-
-
-def _promote_param(x, dtype):
-    return lax.convert_element_type(x, dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -231,8 +229,8 @@ def uniform(key, shape=(), dtype=np.float64, minval=0.0, maxval=1.0):
     _check_key("uniform", key)
     dtype = _float_dtype("uniform", dtype)
     shape = _shape("uniform", shape)
-    minval = _promote_param(minval, dtype)
-    maxval = _promote_param(maxval, dtype)
+    minval = lax.convert_element_type(minval, dtype)
+    maxval = lax.convert_element_type(maxval, dtype)
     _check_broadcast("uniform", shape, get_aval(minval).shape, get_aval(maxval).shape)
     fi = np.finfo(dtype)
     nbits, nmant = fi.bits, fi.nmant
@@ -247,10 +245,6 @@ def uniform(key, shape=(), dtype=np.float64, minval=0.0, maxval=1.0):
     return lax.max(lo, out)
 
 
-def _erf_inv(x):
-    return lax.erf_inv(x)
-
-
 def normal(key, shape=(), dtype=np.float64):
     """Standard normal samples: ``sqrt(2) * erfinv(u)`` with u uniform in (-1, 1), as JAX.
     For N(mu, sigma**2) use ``mu + sigma * normal(key, shape)`` (differentiable)."""
@@ -259,7 +253,7 @@ def normal(key, shape=(), dtype=np.float64):
     shape = _shape("normal", shape)
     lo = np.nextafter(np.array(-1.0, dtype), np.array(0.0, dtype))
     u = uniform(key, shape, dtype, lo, np.array(1.0, dtype))
-    return lax.mul(np.array(np.sqrt(2.0), dtype), _erf_inv(u))
+    return lax.mul(np.array(np.sqrt(2.0), dtype), lax.erf_inv(u))
 
 
 def truncated_normal(key, lower, upper, shape=None, dtype=np.float64):
@@ -268,8 +262,8 @@ def truncated_normal(key, lower, upper, shape=None, dtype=np.float64):
     bounds' shapes."""
     _check_key("truncated_normal", key)
     dtype = _float_dtype("truncated_normal", dtype)
-    lower = _promote_param(lower, dtype)
-    upper = _promote_param(upper, dtype)
+    lower = lax.convert_element_type(lower, dtype)
+    upper = lax.convert_element_type(upper, dtype)
     b_shape = np.broadcast_shapes(get_aval(lower).shape, get_aval(upper).shape)
     shape = b_shape if shape is None else _shape("truncated_normal", shape)
     _check_broadcast("truncated_normal", shape, get_aval(lower).shape, get_aval(upper).shape)
@@ -277,7 +271,7 @@ def truncated_normal(key, lower, upper, shape=None, dtype=np.float64):
     a = lax.erf(lax.div(lower, sqrt2))
     b = lax.erf(lax.div(upper, sqrt2))
     u = uniform(key, shape, dtype, a, b)
-    out = lax.mul(sqrt2, _erf_inv(u))
+    out = lax.mul(sqrt2, lax.erf_inv(u))
     # erf saturates in the tails: keep samples inside the requested interval.
     return lax.min(lax.max(out, lax.broadcast_to(lower, shape)), lax.broadcast_to(upper, shape))
 
@@ -307,10 +301,6 @@ def laplace(key, shape=(), dtype=np.float64):
     return lax.mul(lax.sign(u), lax.log1p(lax.neg(lax.abs(u))))
 
 
-def _cholesky(cov):
-    return lax.linalg.cholesky(cov)
-
-
 def multivariate_normal(key, mean, cov, shape=None, dtype=None, method="cholesky"):
     """Samples of N(mean, cov): ``mean + L z`` with ``L L^T = cov`` (``method="cholesky"``)
     or ``L = U sqrt(s)`` from ``eigh`` (``method="eigh"``); differentiable in mean and cov.
@@ -335,10 +325,10 @@ def multivariate_normal(key, mean, cov, shape=None, dtype=None, method="cholesky
     batch = np.broadcast_shapes(m_aval.shape[:-1], c_aval.shape[:-2])
     shape = batch if shape is None else _shape("multivariate_normal", shape)
     _check_broadcast("multivariate_normal", shape, m_aval.shape[:-1], c_aval.shape[:-2])
-    mean = _promote_param(mean, dtype)
-    cov = _promote_param(cov, dtype)
+    mean = lax.convert_element_type(mean, dtype)
+    cov = lax.convert_element_type(cov, dtype)
     if method == "cholesky":
-        factor = _cholesky(cov)
+        factor = lax.linalg.cholesky(cov)
     else:
         v, w = lax.linalg.eigh(cov)
         # Columns of v scaled by sqrt of their eigenvalues (clipped at 0 for round-off).

@@ -237,8 +237,7 @@ def test_grad_of_vmap_of_scan_and_vmap_of_grad():
     xs = RNG.standard_normal((4, 3))
     w = RNG.standard_normal(3)
     loss = lambda w: fnp.sum(ft.vmap(f, in_axes=(None, 1))(w, xs))
-    loss_ref = lambda w: sum(fnp.sum(f(w, fnp.broadcast_to(xs[:, i:i + 1], (4, 3)))
-                                     * (np.arange(3) == i)) for i in range(3))
+    loss_ref = lambda w: sum(fnp.sum(f(w, xs[:, i])) for i in range(3))
     _allclose(loss(w), loss_ref(w))
     _allclose(ft.grad(loss)(w), ft.grad(loss_ref)(w))
     check_grads(loss, (w,), order=2)
@@ -254,8 +253,12 @@ def test_vmap_scan_batched_xs_consts_and_carry():
         return lax.scan(lambda c, x: (c * w + x, c * x), c0, xs)
 
     w, c0, xs = RNG.standard_normal(3), RNG.standard_normal(3), RNG.standard_normal((4, 3))
-    for in_axes in [(0, None, 1), (None, 0, 1), (0, 0, None)]:
-        args = [w, c0, xs]
+    for in_axes in [(0, None, 1), (None, 0, 1), (0, 0, None), (None, None, 1)]:
+        args = [w, c0, xs[:, 0] if in_axes[2] is None else xs]
+        if in_axes[0] is None:
+            args[0] = 0.9
+        if in_axes[1] is None:
+            args[1] = 0.1
         bf = ft.vmap(f, in_axes=in_axes)
         c, ys = bf(*args)
         refs = [f(*[a if ax is None else np.take(a, i, axis=ax)
@@ -561,3 +564,31 @@ def test_python_if_under_jit_like_tracing_suggests_lax_cond():
     with pytest.raises(ft.core.ConcretizationTypeError) as e:
         ft.vmap(f)(np.ones(2))
     assert "lax.cond" in str(e.value) and "test_control_flow.py" in str(e.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# jit
+
+
+def test_control_flow_under_jit_matches_eager():
+    xs = RNG.standard_normal(5)
+    scan_f = lambda xs: lax.scan(_cumulative, 0.5, xs)
+    for got, ref in zip(ft.jit(scan_f)(xs), scan_f(xs)):
+        _allclose(got, ref)
+    cond_f = lambda x: lax.cond(x > 0, fnp.sin, fnp.cos, x)
+    switch_f = lambda i, x: lax.switch(i, [fnp.sin, fnp.cos, fnp.exp], x)
+    while_f = lambda x: lax.while_loop(lambda v: v < 10.0, lambda v: v * 1.5 + 1.0, x)
+    fori_f = lambda x: lax.fori_loop(0, 4, lambda i, v: v * fnp.cos(v) + i, x)
+    for x in (-0.8, 0.6):
+        _allclose(ft.jit(cond_f)(x), cond_f(x))
+        _allclose(ft.jit(while_f)(x), while_f(x))
+        _allclose(ft.jit(fori_f)(x), fori_f(x))
+        for i in range(3):
+            _allclose(ft.jit(switch_f)(i, x), switch_f(i, x))
+    params, h0, xs2 = _rnn_args()
+    g_jit = ft.jit(ft.grad(_rnn_loss))(params, h0, xs2)
+    g = ft.grad(_rnn_loss)(params, h0, xs2)
+    _allclose(g_jit["W"], g["W"])
+    _allclose(ft.grad(ft.jit(_bounded))(1.2), ft.grad(_bounded_unrolled)(1.2))
+    vf = ft.jit(ft.vmap(cond_f))
+    _allclose(vf(np.array([-1.0, 2.0])), [cond_f(-1.0), cond_f(2.0)])

@@ -273,7 +273,7 @@ def test_max_min_split_gradient_at_ties():
     assert (gx, gy) == (1.0, 0.0)
 
 
-@np.errstate(divide="ignore")
+@np.errstate(all="ignore")
 def test_pow_derivatives_at_zero():
     assert ft.grad(lambda x: lax.pow(x, 0.0))(0.0) == 0.0
     assert ft.grad(lambda y: lax.pow(0.0, y))(2.0) == 0.0
@@ -501,8 +501,7 @@ def test_polygamma_orders_and_jvp():
     for m in range(4):
         np.testing.assert_allclose(lax.polygamma(m, x), scipy.special.polygamma(m, x))
     check_grads(lambda v: lax.polygamma(2, v), (x,), order=2)
-    np.testing.assert_allclose(ft.grad(ft.grad(lambda v: lax.lgamma(v).sum()))(x[:1]) if False
-                               else ft.grad(ft.grad(lax.lgamma))(1.5),
+    np.testing.assert_allclose(ft.grad(ft.grad(lax.lgamma))(1.5),
                                scipy.special.polygamma(1, 1.5))
     assert lax.polygamma(1, np.float32(2.0)).dtype == np.float32
     with pytest.raises(ValueError, match="polygamma"):

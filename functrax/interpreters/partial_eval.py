@@ -16,7 +16,7 @@ Array(2.)
 """
 from __future__ import annotations
 
-from .. import core
+from .. import core, dtypes
 from ..core import JaxprBuilder, JaxprTrace, Tracer, partial_eval_rules  # noqa: F401
 from .jvp import JVPTrace, JVPTracer, Zero, instantiate_zeros, tangent_aval
 
@@ -29,7 +29,10 @@ def linearize_flat(fun, primals):
         tangent_in = [rec.new_arg(tangent_aval(core.get_aval(p))) for p in primals]
         with core.new_main(JVPTrace) as main:
             trace = JVPTrace(main)
-            tracers = [JVPTracer(trace, p, t) for p, t in zip(primals, tangent_in)]
+            # Integer and boolean inputs have float0 tangents, which are always zero: keep
+            # their invars (one per primal) but give the JVP a symbolic zero.
+            tracers = [JVPTracer(trace, p, Zero(t.aval) if t.aval.dtype == dtypes.float0 else t)
+                       for p, t in zip(primals, tangent_in)]
             outs = fun(*tracers)
             outs = [trace.full_raise(o) for o in outs]
             primals_out = [o.primal for o in outs]

@@ -17,4 +17,5 @@ from .windowed import *  # noqa: F401,F403
 from .control_flow import *  # noqa: F401,F403
 from .parallel import *  # noqa: F401,F403
 from .random_bits import *  # noqa: F401,F403
+from .ad_util import *  # noqa: F401,F403
 from . import linalg  # noqa: F401

@@ -212,6 +212,24 @@ def _pe_rule(rule):
     return lambda trace, tracers, params: rule(trace, tracers, **params)
 
 
+def _fit_dtypes(vals, avals):
+    # Eager numpy arithmetic forgets weak types once a Python number has become a numpy
+    # scalar (f32 + np.int64 -> f64), so loop impls cast each step's results back to the
+    # types the jaxpr declares; otherwise a carry's dtype could drift between iterations.
+    out = []
+    for v, a in zip(vals, avals):
+        dt = getattr(v, "dtype", None)
+        if dt is not None and dt != a.dtype:
+            v = array_namespace(v).asarray(v).astype(a.dtype)
+        out.append(v)
+    return out
+
+
+def _eager_result(tree):
+    # The Python branch of an eager cond returns arrays, like the primitive would.
+    return tree_map(lambda x: x if isinstance(x, Tracer) else core.wrap_array(x), tree)
+
+
 def _is_concrete_eager(x):
     return not isinstance(x, Tracer) and core._state.dynamic is None
 
@@ -228,11 +246,12 @@ def _scan_impl(*args, jaxpr, length, reverse, num_consts, num_carry, linear, unr
     ys = [xp.empty((length,) + a.shape, a.dtype) for a in y_avals]
     steps = range(length - 1, -1, -1) if reverse else range(length)
     j, jc = jaxpr.jaxpr, jaxpr.consts
+    carry_avals = jaxpr.in_avals[num_consts:num_consts + num_carry]
     for i in steps:
         outs = core.eval_jaxpr(j, jc, *consts, *carry, *[x[i] for x in xs])
-        carry = outs[:num_carry]
+        carry = _fit_dtypes(outs[:num_carry], carry_avals)
         for buf, y in zip(ys, outs[num_carry:]):
-            buf[i] = y
+            buf[i] = xp.asarray(y)
     return list(carry) + ys
 
 
@@ -582,7 +601,7 @@ batching.axis_batching_rules[scan_p] = _scan_batch
 def _cond_impl(index, *ops, branches):
     i = int(np.clip(int(index), 0, len(branches) - 1))
     b = branches[i]
-    return core.eval_jaxpr(b.jaxpr, b.consts, *ops)
+    return _fit_dtypes(core.eval_jaxpr(b.jaxpr, b.consts, *ops), b.out_avals)
 
 
 def _cond_abstract_eval(index, *ops, branches):
@@ -639,7 +658,8 @@ def cond(pred, true_fun, false_fun, *operands):
         raise _locate(TypeError(f"cond: pred must be boolean or a number, got "
                                 f"{p_aval.str_short()}"))
     if _is_concrete_eager(pred):
-        return true_fun(*operands) if bool(np.asarray(pred)) else false_fun(*operands)
+        return _eager_result(true_fun(*operands) if bool(np.asarray(pred))
+                             else false_fun(*operands))
     from .elementwise import ne
     from .structural import convert_element_type
     if not dtypes.is_bool(p_aval.dtype):
@@ -665,7 +685,7 @@ def switch(index, branches, *operands):
                                 f"{i_aval.str_short()}"))
     n = len(branches)
     if _is_concrete_eager(index):
-        return branches[int(np.clip(int(index), 0, n - 1))](*operands)
+        return _eager_result(branches[int(np.clip(int(index), 0, n - 1))](*operands))
     if n == 1:
         return branches[0](*operands)
     from .elementwise import max as lax_max, min as lax_min
@@ -861,12 +881,13 @@ batching.axis_batching_rules[cond_p] = _cond_batch
 def _while_impl(*args, cond_jaxpr, body_jaxpr, cond_nconsts, body_nconsts, max_steps):
     cc, bc, carry = _split(args, [cond_nconsts, body_nconsts])
     cj, bj = cond_jaxpr, body_jaxpr
+    carry_avals = bj.in_avals[body_nconsts:]
     steps = 0
     while max_steps is None or steps < max_steps:
         pred, = core.eval_jaxpr(cj.jaxpr, cj.consts, *cc, *carry)
         if not bool(pred):
             break
-        carry = core.eval_jaxpr(bj.jaxpr, bj.consts, *bc, *carry)
+        carry = _fit_dtypes(core.eval_jaxpr(bj.jaxpr, bj.consts, *bc, *carry), carry_avals)
         steps += 1
     return list(carry)
 
@@ -1183,6 +1204,8 @@ def map(f, xs, batch_size=None):  # noqa: A001 - lax's name
     if not leaves:
         raise _locate(ValueError("map: xs has no arrays to map over"))
     n = get_aval(leaves[0]).shape[0]
+    if n == 0:
+        return scan(lambda c, x: (c, f(x)), (), xs)[1]
     nb, rem = divmod(n, batch_size)
     vf = vmap(f)
     parts = []

@@ -421,7 +421,7 @@ def _abs_jvp(g, ans, x):
     if _is_complex(get_aval(x).dtype):
         # d|z| = Re(conj(z) dz) / |z|, with 0 / 0 read as 0 at z == 0.
         safe = select_n(eq(ans, 0), ans, 1)
-        return real(div(mul(conj(x), g), _convert(safe, get_aval(x).dtype)))
+        return div(real(mul(conj(x), g)), safe)
     # The subgradient 1 at x == 0, as in JAX.
     return select_n(ge(x, 0), neg(g), g)
 
@@ -1195,8 +1195,3 @@ def _ones_like(x):
 def _zeros_aval(aval):
     from .structural import full
     return full(aval.shape, 0, aval.dtype)
-
-
-def _convert(x, dtype):
-    from .structural import convert_element_type
-    return convert_element_type(x, dtype)

@@ -632,6 +632,8 @@ def _scatter_mul_jvp(primals, tangents, *, dimension_numbers, mode):
     # d out / d u_j = operand * (product of the other updates landing on the same place).
     # Computed without dividing by zero: count the zero updates per place and multiply the
     # nonzero ones; "the others" is then product/u_j, or the product when u_j is the only zero.
+    # The first derivative is exact everywhere; the selects make the second derivative miss
+    # the terms through other zero updates at the same place (exact away from zeros).
     op_aval, upd_aval = get_aval(operand), get_aval(updates)
     shape = upd_aval.shape
     is_zero_u = ew.eq(updates, ew._zeros_like(updates))

@@ -290,6 +290,8 @@ batching.batching_rules[sort_p] = _sort_batch
 def _top_k_impl(operand, *, k):
     xp = array_namespace(operand)
     x = xp.asarray(operand)
+    # Slicing would silently accept a k past the end; report it as tracing would.
+    _top_k_abstract_eval(ShapedArray(x.shape, x.dtype), k=k)
     n = x.shape[-1]
     # A stable ascending sort of the reversed row, read backwards, is a descending sort in
     # which ties keep the lower index first; NaN, numpy's largest value, comes first.

@@ -139,6 +139,8 @@ def polygamma(m, x):
     m_val = concrete_or_error(m, "polygamma: the order m must be static")
     if np.ndim(m_val) != 0 or int(m_val) != m_val:
         raise TypeError(f"polygamma: the order m must be a scalar integer, got {m_val!r}")
+    if m_val < 0:
+        raise ValueError(f"polygamma: the order m must be a non-negative integer, got {m_val}")
     return polygamma_p.bind(x, m=int(m_val))
 
 

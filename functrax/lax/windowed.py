@@ -84,6 +84,13 @@ def _check_window_params(name, aval, window_dimensions, window_strides, padding,
                              base_dilation, window_dilation)
 
 
+def _check_rank(ndim, *params):
+    """Eager impls stop on parameters of the wrong length (bind then reports the abstract
+    eval's message, located at the user's line) rather than silently zipping them short."""
+    if any(len(p) != ndim for p in params):
+        raise TypeError("reduce_window: window parameters do not match the operand's rank")
+
+
 def _padded(x, xp, fill, padding, base_dilation):
     """The operand padded and dilated with ``fill`` (no copy when there is nothing to do)."""
     return pad_and_dilate(x, xp, tuple(range(x.ndim)), padding, base_dilation, fill)
@@ -142,6 +149,8 @@ def _make_reducer_impl(kind):
     def impl(x, *, window_dimensions, window_strides, padding, base_dilation, window_dilation):
         xp = array_namespace(x)
         x = xp.asarray(x)
+        _check_rank(x.ndim, window_dimensions, window_strides, padding, base_dilation,
+                    window_dilation)
         out_shape = _window_out_shape(x.shape, window_dimensions, window_strides, padding,
                                       base_dilation, window_dilation)
         ident = _identity(kind, x.dtype)
@@ -282,6 +291,8 @@ def _selected_index(operand, xp, select, window_dimensions, window_strides, padd
     offset slices. A later offset wins only if strictly better, and it is larger than any
     earlier winner, so the running winner is a running maximum of ``k * better``."""
     operand = xp.asarray(operand)
+    _check_rank(operand.ndim, window_dimensions, window_strides, padding, base_dilation,
+                window_dilation)
     out_shape = _window_out_shape(operand.shape, window_dimensions, window_strides, padding,
                                   base_dilation, window_dilation)
     slices = _offset_slices(out_shape, window_dimensions, window_strides, window_dilation)

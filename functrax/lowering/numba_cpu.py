@@ -259,9 +259,13 @@ def _numba_kernel_source(cluster, groups, loop_shape, parallel):
     arg_names = [f"n{k}" for k in range(m)]
     load_exprs = {}
     load_args = []  # (load index, kind) kind: 'array' | 'scalar'
+    const_lines = []
     for li, (op, view) in enumerate(cluster.loads):
         if type(op) is Literal:
-            load_exprs[li] = _literal_src(op.val, op.aval.dtype)
+            # numba freezes module globals into the code as constants.
+            cname = f"_c{len(const_lines)}"
+            const_lines.append(f"{cname} = {_literal_src(op.val, op.aval.dtype)}")
+            load_exprs[li] = cname
             continue
         lv = _view_in_loop(view, groups)
         if all(s == 1 for s in lv):
@@ -359,7 +363,8 @@ def _numba_kernel_source(cluster, groups, loop_shape, parallel):
     lines.append(f"{ind}return 0")
     deco = (f"@_nb.njit(cache=True, nogil=True, error_model='numpy'"
             f"{', parallel=True' if parallel else ''})")
-    source = _KERNEL_PRELUDE + deco + "\n" + "\n".join(lines) + "\n"
+    source = (_KERNEL_PRELUDE + "".join(c + "\n" for c in const_lines) + "\n\n" + deco + "\n"
+              + "\n".join(lines) + "\n")
     return source, load_args, out_args, red_args, reductions
 
 
@@ -493,9 +498,14 @@ def _blocked_kernel(cluster, name):
         if name_ in plan.REDUCTIONS:
             src = operand(e.invars[0], e.invars[0].aval.dtype)
             r = len(red_init)
-            if name_ == "reduce_sum":
-                red_init.append(f"R{r} = 0")
+            if name_ == "reduce_sum" and out_dt.kind == "f":
+                # Block partial sums are added in double precision.
+                red_init.append(f"R{r} = 0.0")
                 body.append(f"R{r} += _np.add.reduce({src}).item()")
+            elif name_ == "reduce_sum":
+                # Integers wrap at their width, as numpy's sum with dtype= does.
+                red_init.append(f"R{r} = {g.const(0, out_dt)}")
+                body.append(f"R{r} = _np.add(R{r}, _np.add.reduce({src}))")
             else:
                 uf = "maximum" if name_ == "reduce_max" else "minimum"
                 init = (-np.inf if name_ == "reduce_max" else np.inf) if out_dt.kind == "f" else (
@@ -720,7 +730,7 @@ def lower(closed, donated=(), name="jitted", sub_lowering=None):
     jaxpr, consts = plan.simplify(jaxpr, consts)
     steps = plan.fuse(jaxpr, plan.DEFAULT_FUSIBLE, _can_fuse)
     last = plan.last_uses(steps, jaxpr.outvars)
-    glb = {"_np": np, "_wrap": core.wrap_array, "_reuse": _reuse_buffer}
+    glb = {"_np": np, "_wrap": _wrap_out, "_reuse": _reuse_buffer}
     names = {}
     counter = [0]
 
@@ -834,6 +844,16 @@ def lower(closed, donated=(), name="jitted", sub_lowering=None):
     if dispatchers:
         exe.compile_seconds, exe.numba_compiles, exe.numba_disk_hits = _precompile(dispatchers)
     return exe
+
+
+def _wrap_out(x, _arr=core.Array, _nd=np.ndarray, _array=np.array):
+    """Outputs are functrax Arrays (numpy scalars become 0-d arrays)."""
+    t = type(x)
+    if t is _arr:
+        return x
+    if t is _nd:
+        return x.view(_arr)
+    return _array(x).view(_arr)
 
 
 def _safe_name(name):
@@ -960,3 +980,74 @@ def _reduced_loop_dims(step, groups):
             axes = set(e.params["axes"])
             out.append([k for k, g in enumerate(groups) if any(d in axes for d in g)])
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Control flow: bodies are compiled once as sub-programs; the loop itself runs in Python.
+
+
+def _fit(outs, avals):
+    res = []
+    for o, a in zip(outs, avals):
+        if getattr(o, "dtype", None) != a.dtype:
+            o = core.wrap_array(np.asarray(o, dtype=a.dtype))
+        res.append(o)
+    return res
+
+
+def _scan_rule(eqn, lower_sub):
+    p = eqn.params
+    body_closed = p["jaxpr"]
+    body = lower_sub(body_closed)
+    nc, nk, length, reverse = p["num_consts"], p["num_carry"], p["length"], p["reverse"]
+    carry_avals = body_closed.in_avals[nc:nc + nk]
+    y_avals = body_closed.out_avals[nk:]
+
+    def run(*args):
+        consts, carry, xs = args[:nc], list(args[nc:nc + nk]), args[nc + nk:]
+        xs = [np.asarray(x) for x in xs]
+        ys = [np.empty((length,) + a.shape, a.dtype) for a in y_avals]
+        for i in (range(length - 1, -1, -1) if reverse else range(length)):
+            outs = body(*consts, *carry, *[x[i] for x in xs])
+            carry = _fit(outs[:nk], carry_avals)
+            for buf, y in zip(ys, outs[nk:]):
+                buf[i] = y
+        return list(carry) + [core.wrap_array(y) for y in ys]
+    return run
+
+
+def _cond_rule(eqn, lower_sub):
+    branches = eqn.params["branches"]
+    subs = [lower_sub(b) for b in branches]
+    avals = [b.out_avals for b in branches]
+    last = len(branches) - 1
+
+    def run(index, *ops):
+        i = int(index)
+        i = 0 if i < 0 else (last if i > last else i)
+        return _fit(subs[i](*ops), avals[i])
+    return run
+
+
+def _while_rule(eqn, lower_sub):
+    p = eqn.params
+    cj, bj = p["cond_jaxpr"], p["body_jaxpr"]
+    cond, body = lower_sub(cj), lower_sub(bj)
+    cn, bn, max_steps = p["cond_nconsts"], p["body_nconsts"], p["max_steps"]
+    carry_avals = bj.in_avals[bn:]
+
+    def run(*args):
+        cc, bc, carry = args[:cn], args[cn:cn + bn], list(args[cn + bn:])
+        steps = 0
+        while max_steps is None or steps < max_steps:
+            if not bool(cond(*cc, *carry)[0]):
+                break
+            carry = _fit(body(*bc, *carry), carry_avals)
+            steps += 1
+        return carry
+    return run
+
+
+lowering_rules["scan"] = _scan_rule
+lowering_rules["cond"] = _cond_rule
+lowering_rules["while"] = _while_rule

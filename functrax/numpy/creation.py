@@ -25,6 +25,19 @@ __all__ = ["array", "asarray", "zeros", "ones", "full", "empty", "zeros_like", "
            "identity", "meshgrid", "tri", "tril_indices", "triu_indices", "diag_indices",
            "tril_indices_from", "triu_indices_from", "copy", "asarray_copy"]
 
+def _user_line(fn):
+    """Errors raised here name the user's line, as errors from abstract evaluation do."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (IndexError, ValueError, TypeError) as e:
+            raise core._locate(e) from None
+    return wrapper
+
+
 
 def _leaves(x):
     for e in x:
@@ -38,6 +51,7 @@ def _traced(x):
     return core._state.dynamic is not None or isinstance(x, Tracer)
 
 
+@_user_line
 def asarray(a, dtype=None, copy=None):
     """An array (functrax.Array eagerly, the tracer itself under a transformation)."""
     if isinstance(a, Tracer):
@@ -50,6 +64,7 @@ def asarray(a, dtype=None, copy=None):
     return wrap_array(out)
 
 
+@_user_line
 def array(object, dtype=None, copy=True, ndmin=0):  # noqa: A002 - numpy's name
     """Like numpy.array; nested lists holding traced values are stacked."""
     if isinstance(object, Tracer):
@@ -70,6 +85,7 @@ def array(object, dtype=None, copy=True, ndmin=0):  # noqa: A002 - numpy's name
     return out
 
 
+@_user_line
 def copy(a, order="K"):
     """A copy of a (arrays are immutable, so this is only a new buffer eagerly)."""
     if isinstance(a, Tracer):
@@ -84,14 +100,17 @@ def _shape(shape, name):
     return core.canonicalize_shape(shape, f"{name} shape")
 
 
+@_user_line
 def zeros(shape, dtype=None):
     return lax.full(_shape(shape, "zeros"), 0, dtypes.canonicalize(dtype))
 
 
+@_user_line
 def ones(shape, dtype=None):
     return lax.full(_shape(shape, "ones"), 1, dtypes.canonicalize(dtype))
 
 
+@_user_line
 def full(shape, fill_value, dtype=None):
     """An array of ``shape`` filled with ``fill_value``; an array fill value broadcasts."""
     shape = _shape(shape, "full")
@@ -105,6 +124,7 @@ def full(shape, fill_value, dtype=None):
     return lax.full(shape, fill_value, dtype)
 
 
+@_user_line
 def empty(shape, dtype=None):
     """zeros: functrax arrays are never uninitialised."""
     return zeros(shape, dtype)
@@ -116,20 +136,24 @@ def _like(a, fill, dtype, shape):
                     aval.dtype if dtype is None else np.dtype(dtype))
 
 
+@_user_line
 def zeros_like(a, dtype=None, shape=None):
     return _like(a, 0, dtype, shape)
 
 
+@_user_line
 def ones_like(a, dtype=None, shape=None):
     return _like(a, 1, dtype, shape)
 
 
+@_user_line
 def full_like(a, fill_value, dtype=None, shape=None):
     aval = get_aval(a if not isinstance(a, (list, tuple)) else np.asarray(a))
     return full(aval.shape if shape is None else shape, fill_value,
                 aval.dtype if dtype is None else dtype)
 
 
+@_user_line
 def empty_like(a, dtype=None, shape=None):
     return zeros_like(a, dtype, shape)
 
@@ -139,6 +163,7 @@ def _static(x, name):
         x, f"{name} needs static arguments (the output's shape depends on them)")
 
 
+@_user_line
 def arange(start, stop=None, step=None, dtype=None):
     """numpy.arange with static bounds."""
     start, stop, step = (_static(v, "arange") for v in (start, stop, step))
@@ -150,6 +175,7 @@ def arange(start, stop=None, step=None, dtype=None):
     return asarray(out)
 
 
+@_user_line
 def linspace(start, stop, num=50, endpoint=True, retstep=False, dtype=None, axis=0):
     """numpy.linspace; ``start`` and ``stop`` may be traced (arrays broadcast), ``num`` is
     static."""
@@ -189,6 +215,7 @@ def linspace(start, stop, num=50, endpoint=True, retstep=False, dtype=None, axis
     return (out, step) if retstep else out
 
 
+@_user_line
 def logspace(start, stop, num=50, endpoint=True, base=10.0, dtype=None, axis=0):
     """``base ** linspace(start, stop)``."""
     y = linspace(start, stop, num, endpoint=endpoint, axis=axis)
@@ -198,6 +225,7 @@ def logspace(start, stop, num=50, endpoint=True, base=10.0, dtype=None, axis=0):
     return out if dtype is None else lax.convert_element_type(out, dtype)
 
 
+@_user_line
 def geomspace(start, stop, num=50, endpoint=True, dtype=None, axis=0):
     """Numbers spaced evenly on a log scale between start and stop (same sign, nonzero)."""
     s = np.asarray(_static(start, "geomspace"), np.float64)
@@ -208,6 +236,7 @@ def geomspace(start, stop, num=50, endpoint=True, dtype=None, axis=0):
     return asarray(out if dtype is None else out.astype(dtype))
 
 
+@_user_line
 def eye(N, M=None, k=0, dtype=None):
     """A 2-D array with ones on the k-th diagonal."""
     n = int(_static(N, "eye"))
@@ -220,10 +249,12 @@ def eye(N, M=None, k=0, dtype=None):
     return lax.convert_element_type(lax.eq(cols, lax.add(rows, int(k)) if k else rows), dtype)
 
 
+@_user_line
 def identity(n, dtype=None):
     return eye(n, dtype=dtype)
 
 
+@_user_line
 def tri(N, M=None, k=0, dtype=None):
     """Ones at and below the k-th diagonal."""
     n = int(_static(N, "tri"))
@@ -234,6 +265,7 @@ def tri(N, M=None, k=0, dtype=None):
     return lax.convert_element_type(lax.le(cols, lax.add(rows, int(k)) if k else rows), dtype)
 
 
+@_user_line
 def meshgrid(*xi, copy=True, sparse=False, indexing="xy"):
     """numpy.meshgrid with indexing 'xy' (Cartesian) or 'ij' (matrix)."""
     if indexing not in ("xy", "ij"):
@@ -263,18 +295,21 @@ def _index_pair(rows, cols):
     return asarray(rows), asarray(cols)
 
 
+@_user_line
 def tril_indices(n, k=0, m=None):
     """Row and column indices of the lower triangle (static arguments)."""
     return _index_pair(*np.tril_indices(int(_static(n, "tril_indices")), int(k),
                                         None if m is None else int(m)))
 
 
+@_user_line
 def triu_indices(n, k=0, m=None):
     """Row and column indices of the upper triangle (static arguments)."""
     return _index_pair(*np.triu_indices(int(_static(n, "triu_indices")), int(k),
                                         None if m is None else int(m)))
 
 
+@_user_line
 def tril_indices_from(arr, k=0):
     s = get_aval(arr).shape
     if len(s) != 2:
@@ -282,6 +317,7 @@ def tril_indices_from(arr, k=0):
     return tril_indices(s[0], k, s[1])
 
 
+@_user_line
 def triu_indices_from(arr, k=0):
     s = get_aval(arr).shape
     if len(s) != 2:
@@ -289,6 +325,7 @@ def triu_indices_from(arr, k=0):
     return triu_indices(s[0], k, s[1])
 
 
+@_user_line
 def diag_indices(n, ndim=2):
     idx = asarray(np.arange(int(_static(n, "diag_indices"))))
     return (idx,) * int(ndim)

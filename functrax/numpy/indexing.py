@@ -31,6 +31,19 @@ from ._util import asarray_arg
 __all__ = ["getitem", "index_update", "take", "take_along_axis", "where", "select",
            "nonzero", "argwhere", "flatnonzero", "diag", "diagonal", "tril", "triu"]
 
+def _user_line(fn):
+    """Errors raised here name the user's line, as errors from abstract evaluation do."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (IndexError, ValueError, TypeError) as e:
+            raise core._locate(e) from None
+    return wrapper
+
+
 _INDEX_ERROR = ("only integers, slices (`:`), ellipsis (`...`), numpy.newaxis (`None`) and "
                 "integer or boolean arrays are valid indices")
 
@@ -299,6 +312,7 @@ def _has_tracer(index):
     return False
 
 
+@_user_line
 def getitem(x, index):
     """``x[index]`` with numpy's semantics (see the module doc)."""
     if not isinstance(x, Tracer) and core._state.dynamic is None and not _has_tracer(index):
@@ -328,6 +342,7 @@ def _fit_values(values, shape, what):
     return lax.broadcast_to(values, shape)
 
 
+@_user_line
 def index_update(x, index, values, mode):
     """A copy of x with ``x[index]`` combined with ``values``; ``mode`` is one of set, add,
     mul, min, max. Repeated indices accumulate (for set, one of them wins)."""
@@ -402,6 +417,7 @@ def _prepare_indices(name, indices, size, mode):
     raise ValueError(f"{name}: unknown mode {mode!r}; use 'raise', 'wrap', 'clip' or 'fill'")
 
 
+@_user_line
 def take(a, indices, axis=None, out=None, mode=None, unique_indices=False,
          indices_are_sorted=False, fill_value=None):
     """numpy.take; out-of-bounds traced indices give ``fill_value`` (NaN for floats) unless
@@ -425,6 +441,7 @@ def take(a, indices, axis=None, out=None, mode=None, unique_indices=False,
     return lax.gather(a, idx, dn, sizes, mode=gmode, fill_value=fill_value)
 
 
+@_user_line
 def take_along_axis(arr, indices, axis, mode=None, fill_value=None):
     """numpy.take_along_axis: ``indices`` has arr's rank and broadcasts against it in the
     other dims. One gather with batching dims pairs those dims."""
@@ -479,6 +496,7 @@ def _promote(*xs):
             for x, a in zip(xs, avals)]
 
 
+@_user_line
 def where(condition, x=None, y=None, /, *, size=None, fill_value=None):
     """``x`` where ``condition`` else ``y`` (broadcasting); with only a condition, the
     indices of its nonzero entries (concrete conditions only)."""
@@ -490,6 +508,7 @@ def where(condition, x=None, y=None, /, *, size=None, fill_value=None):
     return lax.select_n(_as_bool(condition), y, x)
 
 
+@_user_line
 def select(condlist, choicelist, default=0):
     """numpy.select: the first true condition picks its choice, else ``default``."""
     if len(condlist) != len(choicelist):
@@ -517,6 +536,7 @@ def _concrete_array(a, name):
     return np.asarray(a)
 
 
+@_user_line
 def nonzero(a, *, size=None, fill_value=None):
     """The indices of the nonzero entries, one array per dim (concrete input only; ``size``
     pads with ``fill_value`` (default 0) or truncates)."""
@@ -534,6 +554,7 @@ def nonzero(a, *, size=None, fill_value=None):
     return tuple(asarray(o) for o in out)
 
 
+@_user_line
 def argwhere(a, *, size=None, fill_value=None):
     """Indices of the nonzero entries as an (N, ndim) array (concrete input only)."""
     a = _concrete_array(a, "argwhere")
@@ -545,6 +566,7 @@ def argwhere(a, *, size=None, fill_value=None):
     return core.wrap_array(out)
 
 
+@_user_line
 def flatnonzero(a, *, size=None, fill_value=None):
     a = _concrete_array(a, "flatnonzero")
     return nonzero(a.ravel(), size=size, fill_value=fill_value)[0]
@@ -554,6 +576,7 @@ def flatnonzero(a, *, size=None, fill_value=None):
 # diagonals and triangles
 
 
+@_user_line
 def diagonal(a, offset=0, axis1=0, axis2=1):
     """numpy.diagonal: the diagonal dim is last. A strided slice of the flattened matrices."""
     a = asarray_arg(a)
@@ -580,6 +603,7 @@ def diagonal(a, offset=0, axis1=0, axis2=1):
     return lax.slice_in_dim(flat, 0, (length - 1) * (m2 + 1) + 1, m2 + 1, nd - 2)
 
 
+@_user_line
 def diag(v, k=0):
     """The k-th diagonal of a 2-D array, or a 2-D array with v on its k-th diagonal."""
     v = asarray_arg(v)
@@ -615,11 +639,13 @@ def _triangle(name, m, k, lower):
     return lax.select_n(keep, lax.full((), 0, aval.dtype), m)
 
 
+@_user_line
 def tril(m, k=0):
     """Lower triangle of the last two dims (entries above the k-th diagonal zeroed)."""
     return _triangle("tril", m, k, True)
 
 
+@_user_line
 def triu(m, k=0):
     """Upper triangle of the last two dims (entries below the k-th diagonal zeroed)."""
     return _triangle("triu", m, k, False)

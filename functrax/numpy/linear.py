@@ -352,13 +352,14 @@ def einsum(subscripts, *operands, out=None, optimize="greedy", precision=None,
     sizes = {}
     for s, o in zip(specs, ops):
         for c, d in zip(s, _shape(o)):
-            if d != 1:
-                if sizes.get(c, d) != d:
-                    raise ValueError(f"einsum: index {c!r} has sizes {sizes[c]} and {d} in "
-                                     f"{subscripts!r}")
-                sizes[c] = d
-            else:
+            seen = sizes.get(c)
+            if d == 1:
                 sizes.setdefault(c, 1)
+                continue
+            if seen not in (None, 1, d):
+                raise ValueError(f"einsum: index {c!r} has sizes {seen} and {d} in "
+                                 f"{subscripts!r}")
+            sizes[c] = d
     prepared = []
     for s, o in zip(specs, ops):
         shape = _shape(o)

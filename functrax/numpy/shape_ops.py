@@ -24,6 +24,24 @@ __all__ = ["reshape", "ravel", "transpose", "swapaxes", "moveaxis", "squeeze", "
            "roll", "rot90", "pad", "broadcast_to", "broadcast_arrays", "broadcast_shapes",
            "atleast_1d", "atleast_2d", "atleast_3d", "append", "shape", "ndim", "size"]
 
+def _user_line(fn):
+    """Errors raised here name the user's line, as errors from abstract evaluation do."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except np.exceptions.AxisError as e:
+            # AxisError keeps its message outside ``args``: rebuild it with the user's line.
+            located = np.exceptions.AxisError(core._locate(ValueError(str(e))).args[0])
+            located._functrax_located = True
+            raise located from None
+        except (IndexError, ValueError, TypeError) as e:
+            raise core._locate(e) from None
+    return wrapper
+
+
 
 def _axis(name, axis, ndim):
     if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
@@ -43,19 +61,23 @@ def _axes(name, axes, ndim):
     return out
 
 
+@_user_line
 def shape(a):
     return get_aval(asarray_arg(a)).shape
 
 
+@_user_line
 def ndim(a):
     return get_aval(asarray_arg(a)).ndim
 
 
+@_user_line
 def size(a, axis=None):
     s = get_aval(asarray_arg(a)).shape
     return int(np.prod(s, dtype=np.int64)) if axis is None else s[_axis("size", axis, len(s))]
 
 
+@_user_line
 def reshape(a, newshape=None, order="C", *, shape=None):
     """numpy.reshape (row-major only); one dim may be -1."""
     if order != "C":
@@ -85,11 +107,13 @@ def reshape(a, newshape=None, order="C", *, shape=None):
     return lax.reshape(a, tuple(newshape))
 
 
+@_user_line
 def ravel(a, order="C"):
     a = asarray_arg(a)
     return reshape(a, (get_aval(a).size,), order)
 
 
+@_user_line
 def transpose(a, axes=None):
     a = asarray_arg(a)
     nd = get_aval(a).ndim
@@ -102,6 +126,7 @@ def transpose(a, axes=None):
     return lax.transpose(a, axes)
 
 
+@_user_line
 def swapaxes(a, axis1, axis2):
     a = asarray_arg(a)
     nd = get_aval(a).ndim
@@ -111,6 +136,7 @@ def swapaxes(a, axis1, axis2):
     return lax.transpose(a, perm)
 
 
+@_user_line
 def moveaxis(a, source, destination):
     a = asarray_arg(a)
     nd = get_aval(a).ndim
@@ -124,6 +150,7 @@ def moveaxis(a, source, destination):
     return lax.transpose(a, order)
 
 
+@_user_line
 def squeeze(a, axis=None):
     a = asarray_arg(a)
     shp = get_aval(a).shape
@@ -138,6 +165,7 @@ def squeeze(a, axis=None):
     return lax.squeeze(a, axes) if axes else a
 
 
+@_user_line
 def expand_dims(a, axis):
     a = asarray_arg(a)
     axis = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
@@ -155,6 +183,7 @@ def _promote_all(name, arrays):
             for x, a in zip(arrays, avals)]
 
 
+@_user_line
 def concatenate(arrays, axis=0, dtype=None):
     """numpy.concatenate (``axis=None`` flattens first); dtypes are promoted."""
     arrays = _promote_all("concatenate", arrays)
@@ -180,6 +209,7 @@ def concatenate(arrays, axis=0, dtype=None):
     return lax.concatenate(arrays, axis)
 
 
+@_user_line
 def stack(arrays, axis=0, dtype=None):
     arrays = _promote_all("stack", arrays)
     shapes = {get_aval(x).shape for x in arrays}
@@ -190,12 +220,14 @@ def stack(arrays, axis=0, dtype=None):
     return concatenate([lax.expand_dims(x, (axis,)) for x in arrays], axis=axis, dtype=dtype)
 
 
+@_user_line
 def atleast_1d(*arys):
     out = [asarray_arg(a) for a in arys]
     out = [lax.reshape(a, (1,)) if get_aval(a).ndim == 0 else a for a in out]
     return out[0] if len(out) == 1 else out
 
 
+@_user_line
 def atleast_2d(*arys):
     out = []
     for a in arys:
@@ -205,6 +237,7 @@ def atleast_2d(*arys):
     return out[0] if len(out) == 1 else out
 
 
+@_user_line
 def atleast_3d(*arys):
     out = []
     for a in arys:
@@ -220,19 +253,23 @@ def atleast_3d(*arys):
     return out[0] if len(out) == 1 else out
 
 
+@_user_line
 def hstack(tup, dtype=None):
     arrs = [atleast_1d(a) for a in tup]
     return concatenate(arrs, 0 if get_aval(arrs[0]).ndim == 1 else 1, dtype=dtype)
 
 
+@_user_line
 def vstack(tup, dtype=None):
     return concatenate([atleast_2d(a) for a in tup], 0, dtype=dtype)
 
 
+@_user_line
 def dstack(tup, dtype=None):
     return concatenate([atleast_3d(a) for a in tup], 2, dtype=dtype)
 
 
+@_user_line
 def column_stack(tup):
     cols = []
     for a in tup:
@@ -241,6 +278,7 @@ def column_stack(tup):
     return concatenate(cols, 1)
 
 
+@_user_line
 def append(arr, values, axis=None):
     if axis is None:
         return concatenate([ravel(arr), ravel(values)], 0)
@@ -274,25 +312,30 @@ def _split(name, ary, indices_or_sections, axis, strict):
     return out
 
 
+@_user_line
 def split(ary, indices_or_sections, axis=0):
     """numpy.split: equal sections (else ValueError) or at the given indices."""
     return _split("split", ary, indices_or_sections, axis, strict=True)
 
 
+@_user_line
 def array_split(ary, indices_or_sections, axis=0):
     """numpy.array_split: like split, sections may differ in size by one."""
     return _split("array_split", ary, indices_or_sections, axis, strict=False)
 
 
+@_user_line
 def hsplit(ary, indices_or_sections):
     ary = asarray_arg(ary)
     return split(ary, indices_or_sections, 0 if get_aval(ary).ndim == 1 else 1)
 
 
+@_user_line
 def vsplit(ary, indices_or_sections):
     return split(ary, indices_or_sections, 0)
 
 
+@_user_line
 def tile(A, reps):
     """numpy.tile: a broadcast to (reps, shape) pairs, then one reshape."""
     A = asarray_arg(A)
@@ -308,6 +351,7 @@ def tile(A, reps):
     return lax.reshape(b, tuple(r * d for r, d in zip(reps, s)))
 
 
+@_user_line
 def repeat(a, repeats, axis=None, *, total_repeat_length=None):
     """numpy.repeat; ``repeats`` a static int (a broadcast) or a concrete array (a gather)."""
     a = asarray_arg(a)
@@ -337,6 +381,7 @@ def repeat(a, repeats, axis=None, *, total_repeat_length=None):
     return take(a, np.repeat(np.arange(s[axis]), reps), axis=axis)
 
 
+@_user_line
 def flip(m, axis=None):
     m = asarray_arg(m)
     nd = get_aval(m).ndim
@@ -344,6 +389,7 @@ def flip(m, axis=None):
     return lax.rev(m, axes) if axes else m
 
 
+@_user_line
 def fliplr(m):
     m = asarray_arg(m)
     if get_aval(m).ndim < 2:
@@ -351,6 +397,7 @@ def fliplr(m):
     return flip(m, 1)
 
 
+@_user_line
 def flipud(m):
     m = asarray_arg(m)
     if get_aval(m).ndim < 1:
@@ -358,6 +405,7 @@ def flipud(m):
     return flip(m, 0)
 
 
+@_user_line
 def roll(a, shift, axis=None):
     """numpy.roll; static shifts are two slices and a concatenate, traced shifts a gather."""
     a = asarray_arg(a)
@@ -389,6 +437,7 @@ def roll(a, shift, axis=None):
     return a
 
 
+@_user_line
 def rot90(m, k=1, axes=(0, 1)):
     m = asarray_arg(m)
     nd = get_aval(m).ndim
@@ -450,6 +499,7 @@ def _source_positions(mode, n, lo, hi):
 _PAD_MODES = ("constant", "edge", "wrap", "reflect", "symmetric")
 
 
+@_user_line
 def pad(array, pad_width, mode="constant", **kwargs):
     """numpy.pad with modes constant (``constant_values``), edge, wrap, reflect, symmetric."""
     array = asarray_arg(array)
@@ -494,6 +544,7 @@ def pad(array, pad_width, mode="constant", **kwargs):
 # broadcasting
 
 
+@_user_line
 def broadcast_shapes(*shapes):
     try:
         return np.broadcast_shapes(*[tuple(s) if not isinstance(s, int) else (s,)
@@ -503,6 +554,7 @@ def broadcast_shapes(*shapes):
                          f"single shape: {shapes}") from None
 
 
+@_user_line
 def broadcast_to(array, shape):
     array = asarray_arg(array)
     shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
@@ -517,6 +569,7 @@ def broadcast_to(array, shape):
     return lax.broadcast_to(array, shape)
 
 
+@_user_line
 def broadcast_arrays(*args):
     args = [asarray_arg(a) for a in args]
     shp = broadcast_shapes(*[get_aval(a).shape for a in args])

@@ -171,7 +171,8 @@ def unique(ar, return_index=False, return_inverse=False, return_counts=False, ax
     concrete: under jit or vmap this raises an error that says so."""
     if isinstance(ar, Tracer):
         ar = core.concrete_or_error(
-            ar, "functrax.numpy.unique(x) (its output shape depends on the values of x)")
+            ar, "functrax.numpy.unique(x), whose output shape depends on the values of x "
+                "(call it on a concrete array, outside jit and vmap),")
     out = np.unique(np.asarray(ar), return_index=return_index, return_inverse=return_inverse,
                     return_counts=return_counts, axis=axis, equal_nan=equal_nan)
     if isinstance(out, tuple):

@@ -102,12 +102,20 @@ def _inexact_args(x, y):
 
 
 def _common(*xs):
-    """Cast strongly typed operands to their common (promoted) dtype; weak Python scalars
-    adapt by themselves. Used where a composition must not let one operand's dtype win."""
+    """The operands cast to their common (promoted) dtype, and that dtype. Traced weak values
+    stay weak (they adapt by themselves); concrete Python scalars become arrays of the dtype,
+    since an eager intermediate such as abs(2.0) would otherwise turn strongly float64 and
+    widen a float32 result. Used by compositions of several primitives."""
     avals = [get_aval(x) for x in xs]
     dtype, _ = dtypes.promote_avals_dtype(avals)
-    return [x if a.dtype == dtype or a.weak_type else lax.convert_element_type(x, dtype)
-            for x, a in zip(xs, avals)], dtype
+    out = []
+    for x, a in zip(xs, avals):
+        if a.weak_type and not isinstance(x, Tracer):
+            x = np.asarray(x, dtype)
+        elif a.dtype != dtype and not a.weak_type:
+            x = lax.convert_element_type(x, dtype)
+        out.append(x)
+    return out, dtype
 
 
 def _name(fn, name, doc):
@@ -210,7 +218,8 @@ def _divmod_floats(x, y):
     adjust = lax.bitwise_and(lax.ne(mod, 0), lax.ne(lax.lt(y, 0), lax.lt(mod, 0)))
     mod = lax.select(adjust, lax.add(mod, y), mod)
     div = lax.select(adjust, lax.sub(div, 1), div)
-    mod = lax.select(lax.eq(mod, 0), lax.select(lax.lt(y, 0), -0.0, 0.0), mod)
+    signed_zero = lax.select(lax.lt(y, 0), lax.full_like(mod, -0.0), lax.full_like(mod, 0.0))
+    mod = lax.select(lax.eq(mod, 0), signed_zero, mod)
     fl = lax.floor(div)
     fl = lax.select(lax.gt(lax.sub(div, fl), 0.5), lax.add(fl, 1), fl)
     # A zero quotient keeps the sign of x / y; division by zero gives x / y (inf or nan).
@@ -361,7 +370,7 @@ def log10(x, /):
 
 
 def _logaddexp(x, y, exp_fn, scale):
-    x, y = _inexact_args(x, y)
+    (x, y), _ = _common(*_inexact_args(x, y))
     amax = lax.max(x, y)
     delta = lax.sub(x, y)
     # x == y == +-inf gives delta = nan; reading it as 0 makes the result amax (+-inf) and keeps
@@ -419,7 +428,7 @@ degrees = rad2deg
 
 def hypot(x, y, /):
     """sqrt(x**2 + y**2) without overflow or underflow; inf if either is infinite."""
-    x, y = _inexact_args(x, y)
+    (x, y), _ = _common(*_inexact_args(x, y))
     ax, ay = lax.abs(x), lax.abs(y)
     big, small = lax.max(ax, ay), lax.min(ax, ay)
     safe_big = lax.select(lax.eq(big, 0), lax.full_like(big, 1), big)
@@ -452,6 +461,7 @@ def _fext(prim, x, y):
         x, y = asarray_arg(x), asarray_arg(y)
     if _kind(x) not in "fc" and _kind(y) not in "fc":
         return prim.bind(x, y)
+    (x, y), _ = _common(x, y)
     out = prim.bind(x, y)
     out = lax.select(lax.ne(x, x), lax.select(lax.ne(y, y), out, y), out)
     return lax.select(lax.bitwise_and(lax.ne(y, y), lax.eq(x, x)), x, out)
@@ -685,8 +695,7 @@ def signbit(x, /):
 
 def copysign(x, y, /):
     """|x| with the sign of y."""
-    x, y = _inexact_args(x, y)
-    (x, y), _ = _common(x, y)
+    (x, y), _ = _common(*_inexact_args(x, y))
     ax = lax.abs(x)
     return lax.select(signbit(y), lax.neg(ax), ax)
 
@@ -697,8 +706,7 @@ nextafter = _binary_inexact(lax.nextafter_p, "nextafter",
 
 def heaviside(x, y, /):
     """0 where x < 0, 1 where x > 0, y where x == 0 (NaN where x is NaN)."""
-    x, y = _inexact_args(x, y)
-    (x, y), _ = _common(x, y)
+    (x, y), _ = _common(*_inexact_args(x, y))
     step = lax.select(lax.gt(x, 0), 1, y)
     step = lax.select(lax.lt(x, 0), 0, step)
     return lax.select(lax.ne(x, x), x, step)
