@@ -340,7 +340,12 @@ def value_and_grad(fun, argnums=0, has_aux=False, holomorphic=False, allow_int=F
             full = list(args)
             for i, d in zip(nums, dargs):
                 full[i] = d
-            return fun(*full, **kwargs)
+            out = fun(*full, **kwargs)
+            if has_aux and (not isinstance(out, (tuple, list)) or len(out) != 2):
+                raise TypeError(f"grad of {name} with has_aux=True: the function must return a "
+                                f"pair (scalar output, aux), got a single "
+                                f"{'array' if core.is_array_like(out) else type(out).__name__}")
+            return out
 
         if has_aux:
             ans, vjp_fn, aux = vjp(f_diff, *diff, has_aux=True)
@@ -675,7 +680,8 @@ def _norm_axis(name, a, ndim, i):
 
 def _batch_size(name, args, kwargs, leaves, axes, axis_size):
     from .tree_util import tree_flatten_with_path, keystr
-    paths = [keystr(p) for p, _ in tree_flatten_with_path((args, kwargs))[0]]
+    paths = ["args" + keystr(p) for p, _ in tree_flatten_with_path(tuple(args))[0]] + \
+        ["kwargs" + keystr(p) for p, _ in tree_flatten_with_path(kwargs)[0]]
     sizes = {}
     for path, x, a in zip(paths, leaves, axes):
         if a is None:

@@ -22,6 +22,14 @@ class Array(np.ndarray):
     def at(self):
         return _IndexUpdateHelper(self)
 
+    def __getitem__(self, index):
+        # A traced index (params[i] inside vmap/jit with params closed over) must go through
+        # functrax's indexing; everything else is numpy's own, at numpy's speed.
+        if _has_tracer(index):
+            from .numpy.indexing import getitem
+            return getitem(self, index)
+        return super().__getitem__(index)
+
     def block_until_ready(self):
         """Arrays on the CPU are always ready; returns self, as JAX does."""
         return self
@@ -42,6 +50,13 @@ class Array(np.ndarray):
     def __reduce__(self):
         # Pickle as a plain ndarray view so files written by functrax load without it.
         return np.asarray(self).__reduce__()
+
+
+def _has_tracer(index):
+    from .core import Tracer
+    if isinstance(index, tuple):
+        return any(isinstance(i, Tracer) for i in index)
+    return isinstance(index, Tracer)
 
 
 class _IndexUpdateHelper:

@@ -390,7 +390,9 @@ class JitFunction:
         dyn_args = []
         for i, a in enumerate(args):
             if i in self._static_nums:
-                statics.append((i, a))
+                # Keyed by parameter name where there is one, so f(x, 3) and f(x, n=3) share
+                # a cache entry.
+                statics.append((self._positional[i] if i < len(self._positional) else i, a))
             else:
                 dyn_args.append(a)
         dyn_kwargs = {}
@@ -459,6 +461,9 @@ class JitFunction:
             self._explain_retrace(desc)
         static_pos = dict((w, v) for w, v in statics if isinstance(w, int))
         static_kw = dict((w, v) for w, v in statics if isinstance(w, str))
+        for i in range(len(args)):
+            if i in self._static_nums and i < len(self._positional):
+                static_pos[i] = static_kw.pop(self._positional[i])
         n_args = len(args)
         out_box = []
 
@@ -541,9 +546,7 @@ class JitFunction:
                 label = keystr(path[1:]) if len(path) > 1 else keystr(path)
             names[label] = _sig_text(s)
         for where, v in statics:
-            label = (self._positional[where] if isinstance(where, int) and
-                     where < len(self._positional) else str(where))
-            names[f"static {label}"] = repr(v)
+            names[f"static {where}"] = repr(v)
         return names
 
     def _explain_retrace(self, desc):

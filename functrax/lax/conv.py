@@ -19,6 +19,7 @@ patch matrix and multiplied with the kernel by one BLAS ``matmul`` (a batched on
 """
 from __future__ import annotations
 
+import itertools
 from typing import NamedTuple
 
 import numpy as np
@@ -165,6 +166,58 @@ def window_view(x, xp, axes, window, strides, dilation):
     return view, out_sizes
 
 
+def _overlap_add_product(x, w, out_sp, k_sp, strides, dilation, xp):
+    """The ungrouped product for few output features (the input gradient of a first layer):
+    multiply every input position by the whole kernel, (N*Q, C) @ (C, K*O), then add the K
+    shifted, strided slices of that into the output. It materializes N*Q*K*O numbers instead
+    of im2col's N*P*K*C. ``x`` is (N, *in, C), ``w`` (*k, C, O); returns (N, *out, O)."""
+    nsp = len(k_sp)
+    N, C = x.shape[0], x.shape[-1]
+    O = w.shape[-1]
+    K = int(np.prod(k_sp, dtype=np.int64))
+    wmat = xp.transpose(w, (nsp,) + tuple(range(nsp)) + (nsp + 1,)).reshape(C, K * O)
+    y = xp.matmul(x.reshape(-1, C), wmat).reshape(x.shape[:-1] + tuple(k_sp) + (O,))
+    out = xp.zeros((N,) + tuple(out_sp) + (O,), y.dtype)
+    for k in itertools.product(*[range(n) for n in k_sp]):
+        sl = tuple(slice(i * d, i * d + (n - 1) * s + 1, s) if n else slice(0, 0)
+                   for i, d, n, s in zip(k, dilation, out_sp, strides))
+        out += y[(slice(None),) + sl + k]
+    return out
+
+
+def _patch_product(view, w, nsp, xp):
+    """The ungrouped im2col product: ``view`` (N, *out, *k, C) of windows, ``w`` (*k, C, O).
+    Returns (N, *out, O), possibly as a transposed view.
+
+    The patch matrix is the one big copy, so its axes are ordered by the input's memory
+    layout (largest stride outermost) and the group holding the smallest stride becomes the
+    matrix's inner dimension: the copy then streams through memory whether the input is
+    channels-last, channels-first, or the batch-and-feature-swapped input of a kernel
+    gradient. The kernel, which is small, is rearranged to match."""
+    shape, strides = view.shape, view.strides
+    nrow = 1 + nsp
+    big = max((abs(st) for st in strides), default=0) + 1
+
+    def stride(a):  # size-1 dims do not move through memory
+        return abs(strides[a]) if shape[a] > 1 else big
+    rows = sorted(range(nrow), key=lambda a: -stride(a))
+    cols = sorted(range(nrow, view.ndim), key=lambda a: -stride(a))
+    R = int(np.prod([shape[a] for a in rows], dtype=np.int64))
+    Kc = int(np.prod([shape[a] for a in cols], dtype=np.int64))
+    O = w.shape[-1]
+    w2 = xp.transpose(w, [a - nrow for a in cols] + [w.ndim - 1]).reshape(Kc, O)
+    row_shape = [shape[a] for a in rows]
+    if min(map(stride, cols), default=big) <= min(map(stride, rows), default=big):
+        patches = xp.transpose(view, rows + cols).reshape(R, Kc)
+        res = xp.matmul(patches, w2).reshape(row_shape + [O])
+        order = rows + [-1]
+    else:
+        patches = xp.transpose(view, cols + rows).reshape(Kc, R)
+        res = xp.matmul(w2.T, patches).reshape([O] + row_shape)
+        order = [-1] + rows
+    return xp.transpose(res, [order.index(a) for a in range(nrow)] + [order.index(-1)])
+
+
 def _conv_impl(lhs, rhs, *, window_strides, padding, lhs_dilation, rhs_dilation,
                dimension_numbers, feature_group_count, batch_group_count, precision,
                preferred_element_type):
@@ -192,24 +245,25 @@ def _conv_impl(lhs, rhs, *, window_strides, padding, lhs_dilation, rhs_dilation,
     w = xp.transpose(rhs, tuple(rhs_spec[2:]) + (rhs_spec[1], rhs_spec[0]))  # (*k, I, O)
     G, BG = feature_group_count, batch_group_count
     if G == 1 and BG == 1:
-        out = xp.matmul(view.reshape(N * P, K * C), w.reshape(K * C, O))
-        n_out = N
+        Q = int(np.prod(x.shape[1:-1], dtype=np.int64))
+        if Q * O < P * C:
+            out = _overlap_add_product(x, w, out_sp, k_sp, window_strides, rhs_dilation, xp)
+        else:
+            out = _patch_product(view, w, nsp, xp)
     elif G > 1:
         cg, og = C // G, O // G
         patches = xp.transpose(view.reshape(N * P, K, G, cg), (2, 0, 1, 3)).reshape(
             G, N * P, K * cg)
         wg = xp.transpose(w.reshape(K, cg, G, og), (2, 0, 1, 3)).reshape(G, K * cg, og)
-        out = xp.transpose(xp.matmul(patches, wg), (1, 0, 2)).reshape(N * P, O)
-        n_out = N
+        out = xp.transpose(xp.matmul(patches, wg), (1, 0, 2)).reshape(
+            (N,) + tuple(out_sp) + (O,))
     else:
         nb, og = N // BG, O // BG
         patches = view.reshape(BG, nb * P, K * C)
         wg = xp.transpose(w.reshape(K * C, BG, og), (1, 0, 2))
         out = xp.matmul(patches, wg).reshape(BG, nb * P, og)
-        out = xp.transpose(out, (1, 0, 2)).reshape(nb * P, O)
-        n_out = nb
-    out = out.reshape((n_out,) + tuple(out_sp) + (O,))
-    # `out` is laid out (batch, *spatial, feature); put each where out_spec says.
+        out = xp.transpose(out, (1, 0, 2)).reshape((nb,) + tuple(out_sp) + (O,))
+    # `out` is (batch, *spatial, feature); put each where out_spec says.
     logical_pos = {out_spec[0]: 0, out_spec[1]: nsp + 1}
     for i, d in enumerate(out_spec[2:]):
         logical_pos[d] = 1 + i

@@ -47,7 +47,7 @@ def _reduce_abstract_eval(name, require=None, require_msg=""):
 
 
 def _normalize_axes(x, axes, name="reduce"):
-    ndim = get_aval(x).ndim
+    ndim = x.ndim if isinstance(x, np.ndarray) else get_aval(x).ndim
     if axes is None:
         return tuple(range(ndim))
     if isinstance(axes, (int, np.integer)):

@@ -50,6 +50,8 @@ CALL_PRIMITIVES = frozenset({"pjit"})
 # is small: folding a broadcast of 1.0 to 10**7 elements would bake a 40 MB array into the
 # program where a kernel reads one scalar.
 FOLD_MAX_SIZE = 4096
+# Constant arrays up to this size are checked for being one repeated value.
+SPLAT_SCAN_MAX = 1 << 22
 
 
 def _is_lit(v):
@@ -123,8 +125,18 @@ def _scalar_of(v, known, splats):
     if s is not None:
         return s
     val = known.get(v)
-    if val is not None and np.size(val) == 1:
-        return np.asarray(val).reshape(())[()]
+    if val is None:
+        return None
+    arr = np.asarray(val)
+    if arr.size == 1:
+        return arr.reshape(())[()]
+    # A constant array of one repeated value (AD's broadcast ones, computed eagerly) counts as
+    # a splat; the check is one pass over a constant, once per lowering.
+    if 0 < arr.size <= SPLAT_SCAN_MAX and arr.dtype.kind in "biuf":
+        first = arr.reshape(-1)[0]
+        if np.all(arr == first):
+            splats[v] = first
+            return first
     return None
 
 

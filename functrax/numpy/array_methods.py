@@ -37,8 +37,7 @@ _CMPOPS = {"eq": "equal", "ne": "not_equal", "lt": "less", "le": "less_equal",
            "gt": "greater", "ge": "greater_equal"}
 _UNOPS = {"neg": "negative", "pos": "positive", "abs": "abs", "invert": "invert"}
 _METHODS = ["sum", "mean", "max", "min", "prod", "var", "std", "all", "any", "argmax", "argmin",
-            "cumsum", "cumprod", "clip", "round", "conj", "conjugate", "dot", "flatten",
-            "ravel", "squeeze", "swapaxes", "take", "trace", "diagonal", "sort", "argsort",
+            "cumsum", "cumprod", "clip", "round", "conj", "conjugate", "dot", "ravel", "squeeze", "swapaxes", "take", "trace", "diagonal", "sort", "argsort",
             "nonzero", "repeat", "transpose", "astype", "reshape"]
 
 
@@ -82,6 +81,7 @@ def install(cls=core.Tracer):
         from ..array import _IndexUpdateHelper
         return _IndexUpdateHelper(self)
 
+    cls.flatten = _defer("ravel")
     cls.reshape = reshape
     cls.transpose = transpose
     cls.astype = astype

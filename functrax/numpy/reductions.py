@@ -17,6 +17,7 @@ function.
 from __future__ import annotations
 
 import builtins
+import math
 
 import numpy as np
 
@@ -37,6 +38,21 @@ __all__ = ["sum", "prod", "mean", "var", "std", "max", "min", "amax", "amin", "a
 # Argument handling
 
 
+class _Info:
+    """shape/dtype/ndim/size of a concrete ndarray, without building a ShapedArray: the eager
+    path of every reduction reads these several times."""
+
+    __slots__ = ("shape", "dtype", "ndim", "size", "weak_type")
+
+    def __init__(self, x):
+        self.shape, self.dtype, self.ndim, self.size = x.shape, x.dtype, x.ndim, x.size
+        self.weak_type = False
+
+
+def _aval(x):
+    return _Info(x) if isinstance(x, np.ndarray) else get_aval(x)
+
+
 def _located(err):
     """Point an error raised here (before any bind) at the user's line, as bind does."""
     return core._locate(err)
@@ -51,7 +67,7 @@ class _AxisError(np.exceptions.AxisError):
 
 def _axes(name, x, axis):
     """numpy's axis argument as a sorted tuple of non-negative axes."""
-    ndim = get_aval(x).ndim
+    ndim = _aval(x).ndim
     if axis is None:
         return tuple(range(ndim))
     if isinstance(axis, (int, np.integer)) and not isinstance(axis, bool):
@@ -71,6 +87,15 @@ def _axes(name, x, axis):
     if len(set(out)) != len(out):
         raise _located(ValueError(f"{name}: duplicate value in 'axis': {axis}"))
     return tuple(sorted(out))
+
+
+def _reduce(prim):
+    """The reduction primitive applied to axes that are already normalized."""
+    return lambda x, axes: prim.bind(x, axes=axes)
+
+
+_SUM, _PROD = _reduce(lax.reduce_sum_p), _reduce(lax.reduce_prod_p)
+_MAX, _MIN = _reduce(lax.reduce_max_p), _reduce(lax.reduce_min_p)
 
 
 def _check_out(name, out):
@@ -103,14 +128,14 @@ def _float_dtype(dtype):
 
 
 def _as_dtype(x, dtype):
-    aval = get_aval(x)
+    aval = _aval(x)
     if aval.dtype == dtype:
         return x
     return lax.convert_element_type(x, dtype, weak_type=False)
 
 
 def _isnan(x):
-    aval = get_aval(x)
+    aval = _aval(x)
     if not dtypes.is_inexact(aval.dtype):
         return lax.full(aval.shape, False, np.bool_)
     return lax.ne(x, x)
@@ -118,7 +143,7 @@ def _isnan(x):
 
 def _masked(x, where, fill):
     """x where ``where`` holds, ``fill`` elsewhere (x's shape and dtype)."""
-    aval = get_aval(x)
+    aval = _aval(x)
     where = asarray_arg(where)
     fill_arr = lax.full(aval.shape, fill, aval.dtype)
     out = lax.select_n(lax.broadcast_to(where, aval.shape), fill_arr, x)
@@ -127,15 +152,15 @@ def _masked(x, where, fill):
 
 def _count(name, x, axes, where):
     """The number of elements reduced (a Python int, or an array when ``where`` is given)."""
-    aval = get_aval(x)
+    aval = _aval(x)
     if where is None:
-        return int(np.prod([aval.shape[a] for a in axes], dtype=np.int64))
+        return math.prod(aval.shape[a] for a in axes)
     mask = lax.broadcast_to(asarray_arg(where), aval.shape)
     return lax.reduce_sum(lax.convert_element_type(mask, np.int64), axes)
 
 
 def _ravel(x):
-    aval = get_aval(x)
+    aval = _aval(x)
     return lax.reshape(x, (aval.size,))
 
 
@@ -146,7 +171,7 @@ def _ravel(x):
 def _sum_like(name, reducer, identity, a, axis, dtype, out, keepdims, initial, where, combine):
     _check_out(name, out)
     a = asarray_arg(a)
-    aval = get_aval(a)
+    aval = _aval(a)
     axes = _axes(name, a, axis)
     target = np.dtype(dtype) if dtype is not None else _accum_dtype(aval.dtype)
     a = _as_dtype(a, target)
@@ -161,28 +186,27 @@ def _sum_like(name, reducer, identity, a, axis, dtype, out, keepdims, initial, w
 def sum(a, axis=None, dtype=None, out=None, keepdims=False, initial=None,  # noqa: A001
         where=None):
     """numpy.sum: booleans and small integers accumulate in int64 (uint64), as numpy does."""
-    return _sum_like("sum", lax.reduce_sum, 0, a, axis, dtype, out, keepdims, initial, where,
-                     lax.add)
+    return _sum_like("sum", _SUM, 0, a, axis, dtype, out, keepdims, initial, where, lax.add)
 
 
 def prod(a, axis=None, dtype=None, out=None, keepdims=False, initial=None, where=None):
     """numpy.prod; its gradient is exact when some elements are zero."""
-    return _sum_like("prod", lax.reduce_prod, 1, a, axis, dtype, out, keepdims, initial, where,
-                     lax.mul)
+    return _sum_like("prod", _PROD, 1, a, axis, dtype, out, keepdims, initial, where, lax.mul)
 
 
 def mean(a, axis=None, dtype=None, out=None, keepdims=False, *, where=None):
     """numpy.mean: integer inputs give float64."""
     _check_out("mean", out)
     a = asarray_arg(a)
-    aval = get_aval(a)
+    aval = _aval(a)
     axes = _axes("mean", a, axis)
     target = np.dtype(dtype) if dtype is not None else _float_dtype(aval.dtype)
     a = _as_dtype(a, target)
     if where is not None:
         a = _masked(a, where, 0)
     n = _count("mean", a, axes, where)
-    r = lax.div(lax.reduce_sum(a, axes), n if isinstance(n, int) else _as_dtype(n, target))
+    r = lax.div(lax.reduce_sum_p.bind(a, axes=axes),
+                n if isinstance(n, int) else _as_dtype(n, target))
     return _finish(aval.shape, r, axes, keepdims)
 
 
@@ -194,7 +218,7 @@ def _var(name, a, axis, dtype, out, ddof, keepdims, where, mean_arg, correction,
                                       f"simultaneously"))
         ddof = correction
     a = asarray_arg(a)
-    aval = get_aval(a)
+    aval = _aval(a)
     axes = _axes(name, a, axis)
     target = np.dtype(dtype) if dtype is not None else _float_dtype(aval.dtype)
     a = _as_dtype(a, target)
@@ -218,11 +242,11 @@ def _var(name, a, axis, dtype, out, ddof, keepdims, where, mean_arg, correction,
         sq = lax.mul(centered, centered)
     if valid is not None:
         sq = _masked(sq, valid, 0)
-    denom = n - ddof if isinstance(n, int) else lax.sub(_as_dtype(n, get_aval(sq).dtype), ddof)
+    denom = n - ddof if isinstance(n, int) else lax.sub(_as_dtype(n, _aval(sq).dtype), ddof)
     if isinstance(denom, int):
         denom = builtins.max(denom, 0)
     else:
-        denom = lax.max(denom, lax.full((), 0, get_aval(denom).dtype))
+        denom = lax.max(denom, lax.full((), 0, _aval(denom).dtype))
     r = lax.div(lax.reduce_sum(sq, axes), denom)
     return _finish(aval.shape, r, axes, keepdims)
 
@@ -261,7 +285,7 @@ def _extremum(name, ufunc_name, reducer, combine, lowest, a, axis, out, keepdims
               where):
     _check_out(name, out)
     a = asarray_arg(a)
-    aval = get_aval(a)
+    aval = _aval(a)
     axes = _axes(name, a, axis)
     if where is not None:
         if initial is None:
@@ -291,13 +315,13 @@ def _highest(dtype):
 
 def max(a, axis=None, out=None, keepdims=False, initial=None, where=None):  # noqa: A001
     """numpy.max (NaN propagates); the gradient is shared evenly among tied maxima."""
-    return _extremum("max", "maximum", lax.reduce_max, lax.max, _lowest, a, axis, out,
+    return _extremum("max", "maximum", _MAX, lax.max, _lowest, a, axis, out,
                      keepdims, initial, where)
 
 
 def min(a, axis=None, out=None, keepdims=False, initial=None, where=None):  # noqa: A001
     """numpy.min (NaN propagates); the gradient is shared evenly among tied minima."""
-    return _extremum("min", "minimum", lax.reduce_min, lax.min, _highest, a, axis, out,
+    return _extremum("min", "minimum", _MIN, lax.min, _highest, a, axis, out,
                      keepdims, initial, where)
 
 
@@ -317,7 +341,7 @@ def ptp(a, axis=None, out=None, keepdims=False):
 
 
 def _truth(a):
-    aval = get_aval(a)
+    aval = _aval(a)
     if dtypes.is_bool(aval.dtype):
         return a
     return lax.ne(a, lax.full((), 0, aval.dtype))
@@ -327,7 +351,7 @@ def all(a, axis=None, out=None, keepdims=False, *, where=None):  # noqa: A001
     """numpy.all: True where every element is nonzero."""
     _check_out("all", out)
     a = _truth(asarray_arg(a))
-    aval = get_aval(a)
+    aval = _aval(a)
     axes = _axes("all", a, axis)
     if where is not None:
         a = _masked(a, where, True)
@@ -338,7 +362,7 @@ def any(a, axis=None, out=None, keepdims=False, *, where=None):  # noqa: A001
     """numpy.any: True where some element is nonzero."""
     _check_out("any", out)
     a = _truth(asarray_arg(a))
-    aval = get_aval(a)
+    aval = _aval(a)
     axes = _axes("any", a, axis)
     if where is not None:
         a = _masked(a, where, False)
@@ -348,7 +372,7 @@ def any(a, axis=None, out=None, keepdims=False, *, where=None):  # noqa: A001
 def count_nonzero(a, axis=None, *, keepdims=False):
     """numpy.count_nonzero, as an int64 array."""
     a = _truth(asarray_arg(a))
-    aval = get_aval(a)
+    aval = _aval(a)
     axes = _axes("count_nonzero", a, axis)
     r = lax.reduce_sum(lax.convert_element_type(a, np.int64), axes)
     return _finish(aval.shape, r, axes, keepdims)
@@ -361,7 +385,7 @@ def count_nonzero(a, axis=None, *, keepdims=False):
 def _argext(name, prim_fn, a, axis, out, keepdims):
     _check_out(name, out)
     a = asarray_arg(a)
-    aval = get_aval(a)
+    aval = _aval(a)
     if axis is None:
         if aval.size == 0:
             raise _located(ValueError(f"{name}: attempt to get {name} of an empty sequence"))
@@ -388,7 +412,7 @@ def argmin(a, axis=None, out=None, *, keepdims=False):
 
 def _nanargext(name, prim_fn, fill, a, axis, out, keepdims):
     a = asarray_arg(a)
-    aval = get_aval(a)
+    aval = _aval(a)
     if not dtypes.is_inexact(aval.dtype):
         return _argext(name, prim_fn, a, axis, out, keepdims)
     nan = _isnan(a)
@@ -415,7 +439,7 @@ def nanargmin(a, axis=None, out=None, *, keepdims=False):
 
 def _without_nan(a, fill):
     a = asarray_arg(a)
-    aval = get_aval(a)
+    aval = _aval(a)
     if not dtypes.is_inexact(aval.dtype):
         return a
     return lax.select_n(_isnan(a), a, lax.full(aval.shape, fill, aval.dtype))
@@ -435,7 +459,7 @@ def nanmean(a, axis=None, dtype=None, out=None, keepdims=False, *, where=None):
     """numpy.nanmean: the mean of the non-NaN elements (NaN for an all-NaN slice)."""
     _check_out("nanmean", out)
     a = asarray_arg(a)
-    aval = get_aval(a)
+    aval = _aval(a)
     if not dtypes.is_inexact(aval.dtype):
         return mean(a, axis, dtype, None, keepdims, where=where)
     valid = lax.bitwise_not(_isnan(a))
@@ -446,14 +470,14 @@ def nanmean(a, axis=None, dtype=None, out=None, keepdims=False, *, where=None):
 
 def _nan_extremum(name, fn, fill, a, axis, out, keepdims, initial, where):
     a = asarray_arg(a)
-    aval = get_aval(a)
+    aval = _aval(a)
     if not dtypes.is_inexact(aval.dtype):
         return fn(a, axis, out, keepdims, initial, where)
     nan = _isnan(a)
     r = fn(_without_nan(a, fill), axis, out, keepdims, initial, where)
     # An all-NaN slice gives NaN, as in numpy.
     all_nan = all(nan, axis=axis, keepdims=keepdims, where=where)
-    return lax.select_n(all_nan, r, lax.full(get_aval(r).shape, np.nan, get_aval(r).dtype))
+    return lax.select_n(all_nan, r, lax.full(_aval(r).shape, np.nan, _aval(r).dtype))
 
 
 def nanmax(a, axis=None, out=None, keepdims=False, initial=None, where=None):
@@ -473,16 +497,16 @@ def nanmin(a, axis=None, out=None, keepdims=False, initial=None, where=None):
 def average(a, axis=None, weights=None, returned=False, *, keepdims=False):
     """numpy.average: the weighted mean; ``returned`` also gives the sum of the weights."""
     a = asarray_arg(a)
-    aval = get_aval(a)
+    aval = _aval(a)
     if weights is None:
         avg = mean(a, axis, keepdims=keepdims)
         if returned:
             axes = _axes("average", a, axis)
-            n = int(np.prod([aval.shape[i] for i in axes], dtype=np.int64))
-            return avg, lax.full(get_aval(avg).shape, n, get_aval(avg).dtype)
+            n = math.prod(aval.shape[i] for i in axes)
+            return avg, lax.full(_aval(avg).shape, n, _aval(avg).dtype)
         return avg
     w = asarray_arg(weights)
-    w_aval = get_aval(w)
+    w_aval = _aval(w)
     axes = _axes("average", a, axis)
     if w_aval.shape != aval.shape:
         if axis is None or isinstance(axis, (tuple, list)):
@@ -514,7 +538,7 @@ def _cumulative(name, lax_fn, a, axis, dtype, out, nan_fill=None, include_initia
     a = asarray_arg(a)
     if nan_fill is not None:
         a = _without_nan(a, nan_fill)
-    aval = get_aval(a)
+    aval = _aval(a)
     if axis is None:
         a = _ravel(a)
         ax = 0
@@ -526,7 +550,7 @@ def _cumulative(name, lax_fn, a, axis, dtype, out, nan_fill=None, include_initia
     a = _as_dtype(a, target)
     r = lax_fn(a, ax)
     if include_initial:
-        r_aval = get_aval(r)
+        r_aval = _aval(r)
         cfg = [(0, 0, 0)] * r_aval.ndim
         cfg[ax] = (1, 0, 0)
         ident = 0 if lax_fn is lax.cumsum else 1
@@ -556,7 +580,7 @@ def nancumprod(a, axis=None, dtype=None, out=None):
 
 def cumulative_sum(x, /, *, axis=None, dtype=None, out=None, include_initial=False):
     """numpy.cumulative_sum (the array-API name): axis may be omitted only for 1-D input."""
-    if axis is None and get_aval(asarray_arg(x)).ndim > 1:
+    if axis is None and _aval(asarray_arg(x)).ndim > 1:
         raise _located(ValueError("cumulative_sum: axis must be given for arrays of more "
                                   "than one dimension"))
     return _cumulative("cumulative_sum", lax.cumsum, x, axis, dtype, out,
@@ -565,7 +589,7 @@ def cumulative_sum(x, /, *, axis=None, dtype=None, out=None, include_initial=Fal
 
 def cumulative_prod(x, /, *, axis=None, dtype=None, out=None, include_initial=False):
     """numpy.cumulative_prod (the array-API name): axis may be omitted only for 1-D input."""
-    if axis is None and get_aval(asarray_arg(x)).ndim > 1:
+    if axis is None and _aval(asarray_arg(x)).ndim > 1:
         raise _located(ValueError("cumulative_prod: axis must be given for arrays of more "
                                   "than one dimension"))
     return _cumulative("cumulative_prod", lax.cumprod, x, axis, dtype, out,
@@ -584,7 +608,7 @@ def _quantile(name, a, q, axis, method, keepdims, ignore_nan):
         raise _located(ValueError(f"{name}: method {method!r} is not supported; use one of "
                                   f"{_METHODS}"))
     a = asarray_arg(a)
-    aval = get_aval(a)
+    aval = _aval(a)
     target = _float_dtype(aval.dtype)
     # Methods that pick an element keep an integer input's dtype, as numpy does.
     picks = method in ("lower", "higher", "nearest") and dtypes.is_integer(aval.dtype)
@@ -594,11 +618,11 @@ def _quantile(name, a, q, axis, method, keepdims, ignore_nan):
         qv = np.asarray(q)
         if qv.size and not (np.all(qv >= 0) and np.all(qv <= 1)):
             raise _located(ValueError(f"{name}: quantiles must be in the range [0, 1]"))
-    q_aval = get_aval(q)
+    q_aval = _aval(q)
     q = _as_dtype(q, target)
     axes = _axes(name, a, axis)
     kept = tuple(i for i in range(aval.ndim) if i not in axes)
-    n = int(np.prod([aval.shape[i] for i in axes], dtype=np.int64))
+    n = math.prod(aval.shape[i] for i in axes)
     if n == 0:
         raise _located(ValueError(f"{name}: cannot take a quantile over an empty axis "
                                   f"(shape {aval.shape}, axis {axis})"))
@@ -702,6 +726,6 @@ def nanmedian(a, axis=None, out=None, overwrite_input=False, keepdims=False):
 def _percent(q):
     q = asarray_arg(q)
     if isinstance(q, Tracer):
-        return lax.div(q, 100.0) if dtypes.is_inexact(get_aval(q).dtype) else lax.div(
+        return lax.div(q, 100.0) if dtypes.is_inexact(_aval(q).dtype) else lax.div(
             lax.convert_element_type(q, dtypes.default_float), 100.0)
     return np.asarray(q, dtype=np.result_type(np.asarray(q).dtype, np.float64)) / 100.0

@@ -366,7 +366,7 @@ def repeat(a, repeats, axis=None, *, total_repeat_length=None):
             raise ValueError("repeat: negative dimensions are not allowed")
         b = lax.broadcast_in_dim(lax.expand_dims(a, (axis + 1,)),
                                  s[:axis + 1] + (r,) + s[axis + 1:],
-                                 tuple(i for i in range(len(s) + 1) if i != axis + 1))
+                                 tuple(range(len(s) + 1)))
         return lax.reshape(b, s[:axis] + (s[axis] * r,) + s[axis + 1:])
     reps = np.asarray(core.concrete_or_error(
         repeats, "repeat: array repeats must be concrete (their sum is the output's size)"))

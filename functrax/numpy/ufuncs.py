@@ -102,18 +102,17 @@ def _inexact_args(x, y):
 
 
 def _common(*xs):
-    """The operands cast to their common (promoted) dtype, and that dtype. Traced weak values
-    stay weak (they adapt by themselves); concrete Python scalars become arrays of the dtype,
-    since an eager intermediate such as abs(2.0) would otherwise turn strongly float64 and
-    widen a float32 result. Used by compositions of several primitives."""
+    """The operands cast to their common (promoted) dtype, and that dtype. Used by
+    compositions of several primitives: weak values (Python scalars, traced or not) are cast
+    too, because an eager intermediate such as abs(2.0) is a strongly typed float64 array
+    that would widen a float32 result (eager arrays carry no weak type)."""
     avals = [get_aval(x) for x in xs]
     dtype, _ = dtypes.promote_avals_dtype(avals)
     out = []
     for x, a in zip(xs, avals):
-        if a.weak_type and not isinstance(x, Tracer):
-            x = np.asarray(x, dtype)
-        elif a.dtype != dtype and not a.weak_type:
-            x = lax.convert_element_type(x, dtype)
+        if a.dtype != dtype:
+            x = lax.convert_element_type(x, dtype) if isinstance(x, Tracer) else \
+                np.asarray(x, dtype) if a.weak_type else lax.convert_element_type(x, dtype)
         out.append(x)
     return out, dtype
 
@@ -372,11 +371,15 @@ def log10(x, /):
 def _logaddexp(x, y, exp_fn, scale):
     (x, y), _ = _common(*_inexact_args(x, y))
     amax = lax.max(x, y)
-    delta = lax.sub(x, y)
-    # x == y == +-inf gives delta = nan; reading it as 0 makes the result amax (+-inf) and keeps
-    # the gradient finite (1/2 each, from max's tie rule).
-    delta = lax.select(lax.ne(delta, delta), lax.full_like(delta, 0), delta)
-    soft = lax.log1p(exp_fn(lax.neg(lax.abs(delta))))
+    # Where x == y (infinities included) the difference is taken as 0 without computing
+    # inf - inf: the result is amax + log(2), with no invalid-value warning and a gradient of
+    # 1/2 each (max's tie rule) instead of NaN.
+    tie = lax.eq(x, y)
+    delta = lax.sub(lax.select(tie, lax.full_like(x, 0), x),
+                    lax.select(tie, lax.full_like(y, 0), y))
+    # -|delta| as min(delta, -delta): its derivative at delta == 0 is 0 (max/min split ties),
+    # so the gradient there is the exact 1/2 each.
+    soft = lax.log1p(exp_fn(lax.min(delta, lax.neg(delta))))
     return lax.add(amax, soft if scale is None else lax.div(soft, scale))
 
 
