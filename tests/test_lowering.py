@@ -30,6 +30,7 @@ def kernel_cache_dir(tmp_path_factory):
 def force_numba(monkeypatch, kernel_cache_dir):
     """Send every arithmetic cluster, however small, to numba (tests stay small)."""
     monkeypatch.setattr(numba_cpu, "NUMBA_MIN_SIZE", 1)
+    monkeypatch.setattr(numba_cpu, "NUMBA_MIN_OPS", 1)
     return kernel_cache_dir
 
 

@@ -39,12 +39,14 @@ from ..core import Literal
 from . import cache, plan
 from .plan import Cluster, OpStep
 
-__all__ = ["lower", "Executable", "counters", "NUMBA_MIN_SIZE", "BLOCKED_MIN_SIZE",
+__all__ = ["lower", "Executable", "counters", "NUMBA_MIN_SIZE", "NUMBA_MIN_OPS",
+           "BLOCKED_MIN_SIZE",
            "PARALLEL_MIN_SIZE", "TRANSCENDENTAL", "lowering_rules"]
 
 NUMBA_MIN_SIZE = int(os.environ.get("FUNCTRAX_NUMBA_MIN_SIZE", 1 << 17))
 BLOCKED_MIN_SIZE = int(os.environ.get("FUNCTRAX_BLOCKED_MIN_SIZE", 1 << 15))
 PARALLEL_MIN_SIZE = int(os.environ.get("FUNCTRAX_PARALLEL_MIN_SIZE", 1 << 20))
+NUMBA_MIN_OPS = int(os.environ.get("FUNCTRAX_NUMBA_MIN_OPS", 4))
 BLOCK_BYTES = 1 << 16  # per temporary: a handful of them stay in a 512 KiB-1 MiB L2
 
 TRANSCENDENTAL = frozenset({"exp", "log", "expm1", "log1p", "sin", "cos", "tanh", "logistic",
@@ -638,19 +640,24 @@ def _numba_compile_stats(dispatchers):
 
 def _choose(cluster):
     """'numba', 'blocked' or 'unfused' for a cluster: the style that is never slower than
-    running its equations one by one with numpy."""
+    running its equations one by one with numpy, and that compiles only where it pays.
+
+    numba loads and compiles in ~0.5-3 s, so it is used for large clusters with enough
+    arithmetic to repay it (``NUMBA_MIN_OPS``), and never for transcendental functions (scalar
+    libm here). Blocked ufunc chains cost nothing to build and keep temporaries in cache, so
+    they take every other large cluster whose operands are whole arrays or scalars."""
     eqns = cluster.eqns
     n = cluster.size
     real = [e for e in eqns if e.primitive.name != "broadcast_in_dim"]
-    if len(real) <= 1 and all(e.primitive.name not in plan.REDUCTIONS for e in real) and \
-            not any(e.primitive.name == "broadcast_in_dim" for e in eqns):
+    if len(real) <= 1:
         return "unfused"
     trans = any(e.primitive.name in TRANSCENDENTAL for e in eqns)
-    if trans:
-        if n >= BLOCKED_MIN_SIZE and _blockable(cluster) and len(real) > 1:
-            return "blocked"
-        return "unfused"
-    if n >= NUMBA_MIN_SIZE and len(real) >= 1:
+    many_ops = len(real) >= NUMBA_MIN_OPS
+    if n >= BLOCKED_MIN_SIZE and _blockable(cluster):
+        if not trans and many_ops and n >= NUMBA_MIN_SIZE:
+            return "numba"
+        return "blocked"
+    if not trans and n >= NUMBA_MIN_SIZE and many_ops:
         return "numba"
     return "unfused"
 
