@@ -283,6 +283,16 @@ def test_blocked_chain_matches_reference(force_blocked):
     _assert_close(exe(x, s), ref, rtol=2e-5, atol=1e-4)
 
 
+def test_blocked_chain_with_broadcasts_and_partial_reductions(force_blocked):
+    args = _sink_args(np.float64)
+    closed = ft.make_jaxpr(_kitchen_sink)(*args)
+    exe = numba_cpu.lower(closed)
+    assert any(s.startswith("blocked kernel") for s in exe.steps_summary)
+    assert not exe.dispatchers
+    ref = [np.asarray(o) for o in core.eval_jaxpr(closed.jaxpr, closed.consts, *args)]
+    _assert_close(exe(*args), ref, rtol=1e-12, atol=1e-12)
+
+
 def test_small_clusters_run_impls_without_numba():
     x = np.ones((4, 4), np.float32)
     closed = ft.make_jaxpr(lambda x: fnp.maximum(x * 2.0 + 1.0, 0.0))(x)
@@ -292,8 +302,7 @@ def test_small_clusters_run_impls_without_numba():
 
 
 def test_transcendental_cluster_with_broadcast_operands_stays_on_numpy(force_blocked):
-    # A row-broadcast operand is not blockable; such clusters fall back to numpy impls
-    # (never to numba's scalar libm).
+    # Transcendental clusters never go to numba's scalar libm, broadcast operands or not.
     x, r = np.ones((40, 30), np.float32), np.ones(30, np.float32)
     closed = ft.make_jaxpr(lambda x, r: fnp.exp(x + r) * 2.0)(x, r)
     exe = numba_cpu.lower(closed)

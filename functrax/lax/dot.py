@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import core, dtypes
+from .. import dtypes
 from ..core import Primitive, ShapedArray, get_aval
 from ..interpreters import batching
 from ..interpreters import jvp as ad
@@ -144,15 +144,31 @@ def _canonical_precision(precision):
     return precision
 
 
+# Eager dispatch cost matters (an MLP step is a handful of products): dimension numbers that
+# are already tuples of non-negative ints need no canonicalization, so they are remembered.
+_canonical_dn_cache: dict = {}
+
+
+def _is_plain_dn(dn):
+    return len(_canonical_dn_cache) < 4096 and all(
+        type(g) is tuple and all(type(d) is int and d >= 0 for d in g)
+        for pair in dn for g in pair)
+
+
 def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
     """Contract ``lhs`` and ``rhs`` along paired dims, keeping paired batch dims.
 
     ``dimension_numbers = ((lhs_contracting, rhs_contracting), (lhs_batch, rhs_batch))``; the
     output holds the batch dims, then lhs's free dims, then rhs's free dims."""
-    (lc, rc), (lb, rb) = dimension_numbers
-    nl, nr = get_aval(lhs).ndim, get_aval(rhs).ndim
-    dn = ((_canonical_dims(lc, nl), _canonical_dims(rc, nr)),
-          (_canonical_dims(lb, nl), _canonical_dims(rb, nr)))
+    try:
+        dn = _canonical_dn_cache[dimension_numbers]
+    except (KeyError, TypeError):
+        (lc, rc), (lb, rb) = dimension_numbers
+        nl, nr = get_aval(lhs).ndim, get_aval(rhs).ndim
+        dn = ((_canonical_dims(lc, nl), _canonical_dims(rc, nr)),
+              (_canonical_dims(lb, nl), _canonical_dims(rb, nr)))
+        if _is_plain_dn(dimension_numbers):
+            _canonical_dn_cache[dimension_numbers] = dn
     pet = None if preferred_element_type is None else np.dtype(preferred_element_type)
     return dot_general_p.bind(lhs, rhs, dimension_numbers=dn,
                               precision=_canonical_precision(precision),
@@ -161,7 +177,7 @@ def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_t
 
 def dot(lhs, rhs, precision=None, preferred_element_type=None):
     """Vector/matrix products: contracts lhs's last dim with rhs's first."""
-    nl, nr = get_aval(lhs).ndim, get_aval(rhs).ndim
+    nl, nr = np.ndim(lhs), np.ndim(rhs)
     if nl == 0 or nr == 0:
         raise TypeError(f"dot: operands must have rank >= 1, got shapes {get_aval(lhs).shape} "
                         f"and {get_aval(rhs).shape}")
@@ -270,4 +286,3 @@ def _dot_general_batch(vals, dims, *, dimension_numbers, precision, preferred_el
 
 batching.batching_rules[dot_general_p] = _dot_general_batch
 
-del core

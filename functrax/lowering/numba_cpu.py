@@ -44,7 +44,7 @@ __all__ = ["lower", "Executable", "counters", "NUMBA_MIN_SIZE", "NUMBA_MIN_OPS",
            "PARALLEL_MIN_SIZE", "TRANSCENDENTAL", "lowering_rules"]
 
 NUMBA_MIN_SIZE = int(os.environ.get("FUNCTRAX_NUMBA_MIN_SIZE", 1 << 17))
-BLOCKED_MIN_SIZE = int(os.environ.get("FUNCTRAX_BLOCKED_MIN_SIZE", 1 << 15))
+BLOCKED_MIN_SIZE = int(os.environ.get("FUNCTRAX_BLOCKED_MIN_SIZE", 1 << 12))
 PARALLEL_MIN_SIZE = int(os.environ.get("FUNCTRAX_PARALLEL_MIN_SIZE", 1 << 20))
 NUMBA_MIN_OPS = int(os.environ.get("FUNCTRAX_NUMBA_MIN_OPS", 4))
 BLOCK_BYTES = 1 << 16  # per temporary: a handful of them stay in a 512 KiB-1 MiB L2
@@ -383,36 +383,25 @@ _UFUNCS = {"add": "add", "sub": "subtract", "mul": "multiply", "div": "true_divi
 
 
 def _blockable(cluster):
-    full = cluster.shape
-    for op, view in cluster.loads:
-        if type(op) is Literal:
-            continue
-        if all(s == 1 for s in view):
-            continue
-        if tuple(view) != tuple(full) or op.aval.shape != full:
-            return False
+    """Whether every equation of the cluster has a ufunc form (blocks run along axis 0;
+    broadcast operands are numpy-broadcast against each block)."""
     for e in cluster.eqns:
         name = e.primitive.name
-        if name in plan.REDUCTIONS:
-            if len(e.params["axes"]) != len(full):
-                return False
-        elif name == "select_n":
+        if name == "select_n":
             if e.invars[0].aval.dtype.kind != "b":
                 return False
-        elif name not in _UFUNCS and name not in ("integer_pow", "convert_element_type",
-                                                 "and", "or", "not", "logistic",
-                                                 "broadcast_in_dim"):
+        elif name not in _UFUNCS and name not in plan.REDUCTIONS and name not in (
+                "integer_pow", "convert_element_type", "and", "or", "not", "logistic",
+                "broadcast_in_dim"):
             return False
     return True
 
 
 class _BlockGen:
-    """Generates a blocked ufunc chain for a cluster."""
+    """State of the blocked-chain generator: constants and a pool of block temporaries."""
 
-    def __init__(self, cluster, glb):
-        self.c = cluster
+    def __init__(self, glb):
         self.glb = glb
-        self.lines = []
         self.nconst = 0
         self.pools = {}      # dtype -> free temp names
         self.temps = []      # (name, dtype)
@@ -436,108 +425,124 @@ class _BlockGen:
 
 
 def _blocked_kernel(cluster, name):
-    """A Python function computing ``cluster`` block by block with numpy ufuncs."""
+    """A Python function computing ``cluster`` block by block (slices along axis 0) with numpy
+    ufuncs writing into ``out=`` buffers that stay in cache.
+
+    Returns (function, source, argument plan); the plan lists, per argument, the load index and
+    whether it is passed as a scalar ("S") or as an array viewed with the load's shape ("L")."""
     glb = {"_np": np}
-    g = _BlockGen(cluster, glb)
-    n = cluster.size
+    g = _BlockGen(glb)
+    shape = cluster.shape
+    rows = shape[0]
+    row_elems = int(np.prod(shape[1:], dtype=np.int64))
     eqns = cluster.eqns
-    # Last use (equation index) of each value inside the cluster.
     last = {}
     for j, e in enumerate(eqns):
         for v in e.invars:
             if type(v) is not Literal:
                 last[v] = j
     outputs = set(cluster.outputs)
-    arg_names, arr_loads = [], []
-    ref = {}
+    arg_plan, sliced, whole = [], [], []
     for li, (op, view) in enumerate(cluster.loads):
         if type(op) is Literal:
             continue
-        if all(s == 1 for s in view):
-            arg_names.append(f"S{li}")
+        if all(d == 1 for d in view):
+            arg_plan.append(("S", li))
         else:
-            arg_names.append(f"L{li}")
-            arr_loads.append(li)
-    itemsize = max([e.outvars[0].aval.dtype.itemsize for e in eqns] + [1])
-    block = max(1024, BLOCK_BYTES // itemsize)
-    body = []
-    buf_of = {}   # var -> (expr, dtype, is_temp)
-    red_init, red_fin = [], []
-    full_outs = []
+            arg_plan.append(("L", li))
+            (sliced if view[0] == rows and rows > 1 else whole).append(li)
+    itemsize = max([v.aval.dtype.itemsize for e in eqns for v in e.outvars] + [1])
+    block_rows = max(1, min(rows, (BLOCK_BYTES // itemsize) // max(1, row_elems)))
+    tshape = (block_rows,) + tuple(shape[1:])
+    body, red_init, red_fin, full_outs = [], [], [], []
+    buf_of = {}   # var -> (expr, dtype, is_pooled_temp)
 
-    def operand(v, want_dtype):
+    def operand(v, want):
         if type(v) is Literal:
-            return g.const(v.val, want_dtype)
+            return g.const(v.val, want)
         kind, r = cluster.operand_ref(v)
-        if kind == "load":
-            op, view = cluster.loads[r]
-            if type(op) is Literal:
-                return g.const(op.val, want_dtype)
-            if all(s == 1 for s in view):
-                return f"_np.{_dt_name(want_dtype)}(S{r})" if op.aval.dtype != want_dtype or \
-                    op.aval.weak_type else f"S{r}"
-            return f"l{r}"
-        return buf_of[r][0]
+        if kind == "val":
+            return buf_of[r][0]
+        op, view = cluster.loads[r]
+        if type(op) is Literal:
+            return g.const(op.val, want)
+        if all(d == 1 for d in view):
+            if op.aval.dtype != want or op.aval.weak_type:
+                return f"_np.{_dt_name(want)}(S{r})"
+            return f"S{r}"
+        return f"l{r}"
+
+    def new_output(ov):
+        oi = len(full_outs)
+        full_outs.append((ov, oi))
+        return f"o{oi}"
 
     for j, e in enumerate(eqns):
         name_ = e.primitive.name
         ov = e.outvars[0]
+        out_dt = ov.aval.dtype
         if name_ == "broadcast_in_dim" and ov in cluster.value_load:
             li = cluster.value_load[ov]
             op, view = cluster.loads[li]
             if type(op) is Literal:
-                buf_of[ov] = (g.const(op.val, ov.aval.dtype), ov.aval.dtype, False)
-            elif all(s == 1 for s in view):
-                buf_of[ov] = (f"_np.{_dt_name(ov.aval.dtype)}(S{li})", ov.aval.dtype, False)
+                src = g.const(op.val, out_dt)
+            elif all(d == 1 for d in view):
+                src = f"_np.{_dt_name(out_dt)}(S{li})"
             else:
-                buf_of[ov] = (f"l{li}", ov.aval.dtype, False)
+                src = f"l{li}"
+            buf_of[ov] = (src, out_dt, False)
             if ov in outputs:
-                oi = len(full_outs)
-                full_outs.append((ov, oi))
-                body.append(f"o{oi}[...] = {buf_of[ov][0]}")
+                dst = new_output(ov)
+                body.append(f"{dst}[...] = {src}")
+                buf_of[ov] = (dst, out_dt, False)
             continue
-        out_dt = ov.aval.dtype
         if name_ in plan.REDUCTIONS:
             src = operand(e.invars[0], e.invars[0].aval.dtype)
+            axes = tuple(e.params["axes"])
+            kept = tuple(d for i, d in enumerate(shape) if i not in axes)
             r = len(red_init)
-            if name_ == "reduce_sum" and out_dt.kind == "f":
-                # Block partial sums are added in double precision.
-                red_init.append(f"R{r} = 0.0")
-                body.append(f"R{r} += _np.add.reduce({src}).item()")
-            elif name_ == "reduce_sum":
-                # Integers wrap at their width, as numpy's sum with dtype= does.
-                red_init.append(f"R{r} = {g.const(0, out_dt)}")
-                body.append(f"R{r} = _np.add(R{r}, _np.add.reduce({src}))")
+            uf = {"reduce_sum": "add", "reduce_max": "maximum", "reduce_min": "minimum"}[name_]
+            if name_ == "reduce_sum":
+                acc_dt = np.dtype(np.float64) if out_dt.kind == "f" else out_dt
+                init = 0
             else:
-                uf = "maximum" if name_ == "reduce_max" else "minimum"
-                init = (-np.inf if name_ == "reduce_max" else np.inf) if out_dt.kind == "f" else (
-                    np.iinfo(out_dt).min if name_ == "reduce_max" else np.iinfo(out_dt).max)
-                red_init.append(f"R{r} = {g.const(init, out_dt)}")
-                body.append(f"R{r} = _np.{uf}(R{r}, _np.{uf}.reduce({src}))")
-            red_fin.append((ov, f"_np.asarray(R{r}, dtype=_np.{_dt_name(out_dt)})"))
+                acc_dt = out_dt
+                if out_dt.kind == "f":
+                    init = -np.inf if name_ == "reduce_max" else np.inf
+                else:
+                    info = np.iinfo(out_dt)
+                    init = info.min if name_ == "reduce_max" else info.max
+            red_init.append(f"R{r} = _np.full({kept!r}, {g.const(init, acc_dt)}, "
+                            f"_np.{_dt_name(acc_dt)})")
+            if 0 in axes:
+                # Partial results of every block are combined (in double for float sums).
+                body.append(f"_np.{uf}(R{r}, _np.{uf}.reduce({src}, axis={axes!r}), out=R{r})")
+            else:
+                if acc_dt == out_dt:
+                    body.append(f"_np.{uf}.reduce({src}, axis={axes!r}, out=R{r}[s:e])")
+                else:
+                    body.append(f"R{r}[s:e] = _np.{uf}.reduce({src}, axis={axes!r})")
+            conv = f".astype(_np.{_dt_name(out_dt)})" if acc_dt != out_dt else ""
+            red_fin.append((ov, f"R{r}{conv}"))
             _release(g, e, j, last, buf_of, outputs)
             continue
         in_avals = [v.aval for v in e.invars]
-        if name_ in _CMPOPS:
-            cd = _promoted(in_avals)
+        cd = _promoted(in_avals) if name_ in _CMPOPS else out_dt
+        if name_ == "select_n":
+            args = [operand(e.invars[0], e.invars[0].aval.dtype)] + [
+                operand(v, out_dt) for v in e.invars[1:]]
+        elif name_ == "convert_element_type":
+            args = [operand(e.invars[0], e.invars[0].aval.dtype)]
         else:
-            cd = out_dt
-        args = [operand(v, cd if name_ not in ("select_n",) else
-                        (v.aval.dtype if k == 0 else out_dt)) for k, v in enumerate(e.invars)]
-        # Destination: the output slice for escaping values, else a pooled temp (taken after
-        # releasing the inputs, so an elementwise op may run in place).
-        is_out = ov in outputs
+            args = [operand(v, cd) for v in e.invars]
+        # Inputs are released before the destination is taken, so an elementwise op may run
+        # in place; select_n reads its cases after writing, so it takes a fresh buffer.
         if name_ != "select_n":
             _release(g, e, j, last, buf_of, outputs)
-        if is_out:
-            oi = len(full_outs)
-            full_outs.append((ov, oi))
-            dst = f"o{oi}"
-        else:
-            dst = g.temp(out_dt)
+        dst = new_output(ov) if ov in outputs else g.temp(out_dt)
         if name_ == "select_n":
             _release(g, e, j, last, buf_of, outputs)
-        buf_of[ov] = (dst, out_dt, not is_out)
+        buf_of[ov] = (dst, out_dt, ov not in outputs)
         if name_ in _UFUNCS:
             body.append(f"_np.{_UFUNCS[name_]}({', '.join(args)}, out={dst})")
         elif name_ == "integer_pow":
@@ -554,6 +559,7 @@ def _blocked_kernel(cluster, name):
                   "not": "logical_not" if out_dt.kind == "b" else "invert"}[name_]
             body.append(f"_np.{fn}({', '.join(args)}, out={dst})")
         elif name_ == "logistic":
+            # exp overflows to inf for very negative x and 1/inf = 0: the right limit.
             body.append(f"_np.negative({args[0]}, out={dst})")
             body.append(f"_np.exp({dst}, out={dst})")
             body.append(f"_np.add({dst}, {g.const(1, out_dt)}, out={dst})")
@@ -564,37 +570,38 @@ def _blocked_kernel(cluster, name):
         else:  # pragma: no cover - _blockable filters the rest
             raise NotImplementedError(name_)
 
+    arg_names = [f"{k}{li}" for k, li in arg_plan]
     lines = [f"def {name}({', '.join(arg_names)}):"]
-    for li in arr_loads:
-        lines.append(f"    L{li} = L{li}.reshape(-1)")
     for ov, oi in full_outs:
-        lines.append(f"    O{oi} = _np.empty({n}, _np.{_dt_name(ov.aval.dtype)})")
+        lines.append(f"    O{oi} = _np.empty({shape!r}, _np.{_dt_name(ov.aval.dtype)})")
     for tname, dt in g.temps:
-        lines.append(f"    T{tname} = _np.empty({min(block, n)}, _np.{_dt_name(dt)})")
-    lines += ["    " + s for s in red_init]
+        lines.append(f"    T{tname} = _np.empty({tshape!r}, _np.{_dt_name(dt)})")
+    lines += ["    " + x for x in red_init]
+    for li in whole:
+        lines.append(f"    l{li} = L{li}")
     lines.append("    with _np.errstate(all='ignore'):")
-    lines.append(f"        for s in range(0, {n}, {block}):")
-    lines.append(f"            e = min(s + {block}, {n})")
+    lines.append(f"        for s in range(0, {rows}, {block_rows}):")
+    lines.append(f"            e = min(s + {block_rows}, {rows})")
     lines.append("            m = e - s")
-    for li in arr_loads:
+    for li in sliced:
         lines.append(f"            l{li} = L{li}[s:e]")
-    for ov, oi in full_outs:
+    for _, oi in full_outs:
         lines.append(f"            o{oi} = O{oi}[s:e]")
     for tname, _ in g.temps:
         lines.append(f"            {tname} = T{tname}[:m]")
-    lines += ["            " + s for s in body]
+    lines += ["            " + x for x in body]
     rets = []
-    shape = cluster.shape
     for v in cluster.outputs:
         hit = [oi for ov, oi in full_outs if ov is v]
         if hit:
-            rets.append(f"O{hit[0]}.reshape({shape!r})")
+            rets.append(f"O{hit[0]}")
         else:
-            rets.append(next(expr for ov, expr in red_fin if ov is v))
+            expr = next(x for ov, x in red_fin if ov is v)
+            rets.append(f"{expr}.reshape({v.aval.shape!r})")
     lines.append(f"    return ({', '.join(rets)},)")
     source = "\n".join(lines) + "\n"
     exec(compile(source, f"<functrax blocked kernel {name}>", "exec"), glb)
-    return glb[name], source, arg_names
+    return glb[name], source, arg_plan
 
 
 def _release(g, e, j, last, buf_of, outputs):
@@ -653,12 +660,10 @@ def _choose(cluster):
         return "unfused"
     trans = any(e.primitive.name in TRANSCENDENTAL for e in eqns)
     many_ops = len(real) >= NUMBA_MIN_OPS
-    if n >= BLOCKED_MIN_SIZE and _blockable(cluster):
-        if not trans and many_ops and n >= NUMBA_MIN_SIZE:
-            return "numba"
-        return "blocked"
-    if not trans and n >= NUMBA_MIN_SIZE and many_ops:
+    if not trans and many_ops and n >= NUMBA_MIN_SIZE and n > 1:
         return "numba"
+    if n >= BLOCKED_MIN_SIZE and _blockable(cluster):
+        return "blocked"
     return "unfused"
 
 
@@ -813,20 +818,21 @@ def lower(closed, donated=(), name="jitted", sub_lowering=None):
             elif style == "blocked":
                 kname = f"_b{nk[0]}"
                 nk[0] += 1
-                fn, src, arg_names = _blocked_kernel(step, kname)
+                fn, src, arg_plan = _blocked_kernel(step, kname)
                 counters["blocked_kernels"] += 1
                 glb[kname] = fn
                 kernel_sources.append(src)
                 summary.append(f"blocked kernel {kname} {step.shape} "
                                f"{[str(e.primitive) for e in step.eqns]}")
                 args = []
-                for a in arg_names:
-                    li = int(a[1:])
+                for kind, li in arg_plan:
                     op, view = step.loads[li]
-                    if a[0] == "S":
+                    if kind == "S":
                         args.append(f"_np.reshape({ref(op)}, ())[()]")
-                    else:
+                    elif tuple(op.aval.shape) == tuple(view):
                         args.append(ref(op))
+                    else:
+                        args.append(f"_np.reshape({ref(op)}, {tuple(view)!r})")
                 outs = []
                 for v in step.outputs:
                     names[v] = fresh()

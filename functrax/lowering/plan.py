@@ -198,6 +198,22 @@ def _identity_of(eqn, invars, known, splats):
     return None
 
 
+def _swap_dot(dot, perm):
+    """``transpose(dot_general(a, b), perm)`` as ``dot_general(b, a)`` when ``perm`` just
+    swaps the two operands' free dims (what AD's transpose of a matmul produces); else None.
+    BLAS takes transposed operands for free, a transposed result would be a strided view."""
+    (lc, rc), (lb, rb) = dot.params["dimension_numbers"]
+    a, b = dot.invars
+    nb = len(lb)
+    nl = len(a.aval.shape) - len(lc) - nb
+    nr = len(b.aval.shape) - len(rc) - nb
+    want = tuple(range(nb)) + tuple(range(nb + nl, nb + nl + nr)) + tuple(range(nb, nb + nl))
+    if tuple(perm) != want:
+        return None
+    params = dict(dot.params, dimension_numbers=((tuple(rc), tuple(lc)), (tuple(rb), tuple(lb))))
+    return dot._replace(invars=[b, a], params=params)
+
+
 def simplify(jaxpr: Jaxpr, consts):
     """Constant folding, algebraic no-ops, CSE and DCE. Returns (jaxpr, consts).
 
@@ -210,6 +226,16 @@ def simplify(jaxpr: Jaxpr, consts):
     cse = {}
     new_eqns = []
     folded = {}      # var -> folded (non-scalar) constant value
+
+    uses = {}
+    for eqn in jaxpr.eqns:
+        for v in eqn.invars:
+            if not _is_lit(v):
+                uses[v] = uses.get(v, 0) + 1
+    for v in jaxpr.outvars:
+        if not _is_lit(v):
+            uses[v] = uses.get(v, 0) + 2
+    dots = {}        # outvar of a dot_general -> its equation
 
     def read(v):
         if _is_lit(v):
@@ -266,6 +292,15 @@ def simplify(jaxpr: Jaxpr, consts):
                         env[v] = p
                     continue
                 cse[key] = eqn.outvars
+        if prim.name == "transpose" and not _is_lit(invars[0]) and invars[0] in dots and \
+                uses.get(invars[0], 0) == 1:
+            swapped = _swap_dot(dots[invars[0]], eqn.params["permutation"])
+            if swapped is not None:
+                eqn = swapped._replace(outvars=eqn.outvars, source_info=eqn.source_info)
+                invars = list(eqn.invars)
+                prim = eqn.primitive
+        if prim.name == "dot_general":
+            dots[eqn.outvars[0]] = eqn._replace(invars=invars)
         if prim.name == "broadcast_in_dim":
             s = _scalar_of(invars[0], known, splats)
             if s is not None:
