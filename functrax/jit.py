@@ -550,7 +550,7 @@ class JitFunction:
         return names
 
     def _explain_retrace(self, desc):
-        best, best_diff = None, None
+        best_diff = None
         for old in getattr(self, "_descs", []):
             diff = []
             for k in sorted(set(old) | set(desc)):
@@ -563,7 +563,7 @@ class JitFunction:
                     else:
                         diff.append(f"{k} changed from {a} to {b}")
             if best_diff is None or len(diff) < len(best_diff):
-                best, best_diff = old, diff
+                best_diff = diff
         if best_diff:
             why = "; ".join(best_diff)
         else:

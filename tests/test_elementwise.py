@@ -17,7 +17,7 @@ import functrax.lax.elementwise
 import functrax.lax.special
 from functrax import lax
 from functrax.core import eval_jaxpr, typecheck_jaxpr
-from functrax.test_util import check_grads, check_jvp
+from functrax.test_util import check_grads
 
 THIS_FILE = "test_elementwise.py"
 

@@ -97,7 +97,7 @@ def test_simplify_cse_and_dce():
     x = np.arange(3.0)
 
     def f(x):
-        _unused = fnp.exp(x)
+        fnp.exp(x)  # dead: DCE removes it
         return fnp.sin(x) + fnp.sin(x)
 
     jaxpr, _ = _simplified(f, x)

@@ -60,8 +60,6 @@ __all__ = [
     "population_count_p", "select_n_p",
 ]
 
-_inexact = dtypes.is_inexact
-
 # Dtype kinds of the impls' operands without converting them: np.asarray on a Python scalar
 # would make it strongly typed and change numpy's promotion.
 _PY_KIND = {float: "f", int: "i", bool: "b", builtins.complex: "c"}

@@ -37,7 +37,7 @@ import numpy as np
 from .. import core
 from ..core import Literal
 from . import cache, plan
-from .plan import Cluster, OpStep
+from .plan import OpStep
 
 __all__ = ["lower", "Executable", "counters", "NUMBA_MIN_SIZE", "NUMBA_MIN_OPS",
            "BLOCKED_MIN_SIZE",
@@ -47,7 +47,7 @@ NUMBA_MIN_SIZE = int(os.environ.get("FUNCTRAX_NUMBA_MIN_SIZE", 1 << 17))
 BLOCKED_MIN_SIZE = int(os.environ.get("FUNCTRAX_BLOCKED_MIN_SIZE", 1 << 12))
 PARALLEL_MIN_SIZE = int(os.environ.get("FUNCTRAX_PARALLEL_MIN_SIZE", 1 << 20))
 NUMBA_MIN_OPS = int(os.environ.get("FUNCTRAX_NUMBA_MIN_OPS", 4))
-BLOCK_BYTES = 1 << 16  # per temporary: a handful of them stay in a 512 KiB-1 MiB L2
+BLOCK_BYTES = 1 << 19  # per temporary; a handful of them stay in L2/L3 (measured on W4)
 
 TRANSCENDENTAL = frozenset({"exp", "log", "expm1", "log1p", "sin", "cos", "tanh", "logistic",
                             "pow"})
@@ -846,7 +846,11 @@ def lower(closed, donated=(), name="jitted", sub_lowering=None):
                 names[v][0] == "t" and v.aval.size >= 4096]
         if dead:
             lines.append("del " + ", ".join(names[v] for v in dead))
-    rets = ", ".join(f"_wrap({ref(v)})" for v in jaxpr.outvars)
+    # Arrays are mutable: a constant returned as an output is copied, so a caller writing
+    # into its result cannot change what later calls return.
+    constset = set(jaxpr.constvars)
+    rets = ", ".join(f"_wrap(_np.array({ref(v)}))" if (type(v) is Literal or v in constset)
+                     else f"_wrap({ref(v)})" for v in jaxpr.outvars)
     lines.append(f"return [{rets}]")
     params = ", ".join(f"a{i}" for i in range(len(jaxpr.invars)))
     source = f"def {_safe_name(name)}({params}):\n" + "\n".join("    " + ln for ln in lines) + "\n"

@@ -109,13 +109,6 @@ def _inline_into(src_eqns, env, out_eqns, constvars, constvals, rename):
 # Simplification
 
 
-def _literal_value(v, known):
-    """The constant value of a jaxpr operand, or None."""
-    if _is_lit(v):
-        return v.val
-    return known.get(v)
-
-
 def _scalar_of(v, known, splats):
     """The scalar a value is made of, when it is a literal, a one-element constant or a
     broadcast of one; else None."""
@@ -214,6 +207,43 @@ def _swap_dot(dot, perm):
     return dot._replace(invars=[b, a], params=params)
 
 
+def _select_as_arithmetic(eqn, invars, known, splats):
+    """``select_n(p, a, b)`` with scalar cases ``a``, ``b`` as ``a + float(p) * (b - a)``,
+    when that is exact in the output dtype (as for AD's 0/1 and 1/2 masks). A select with a
+    data-dependent mask is a branchy loop in numpy; the arithmetic form is a vector loop."""
+    from .. import lax
+    out = eqn.outvars[0]
+    dt = out.aval.dtype
+    if dt.kind != "f":
+        return None
+    a, b = (_scalar_of(v, known, splats) for v in invars[1:])
+    if a is None or b is None:
+        return None
+    a, b = np.asarray(a).astype(dt)[()], np.asarray(b).astype(dt)[()]
+    with np.errstate(all="ignore"):
+        d = (b - a).astype(dt)
+        if not (np.isfinite(a) and np.isfinite(d) and a + d == b and a + d * dt.type(0) == a):
+            return None
+    src = eqn.source_info
+    eqns = []
+    mask = Var(out.aval.update(weak_type=False))
+    eqns.append(JaxprEqn(lax.convert_element_type_p, [invars[0]],
+                         dict(new_dtype=dt, weak_type=False), [mask], src))
+    cur = mask
+    if d != 1:
+        nv = Var(out.aval)
+        eqns.append(JaxprEqn(lax.mul_p, [cur, Literal(d, core.ShapedArray((), dt))], {}, [nv],
+                             src))
+        cur = nv
+    if a != 0 or cur is mask and out.aval.weak_type:
+        nv = Var(out.aval)
+        eqns.append(JaxprEqn(lax.add_p, [cur, Literal(a, core.ShapedArray((), dt))], {}, [nv],
+                             src))
+        cur = nv
+    eqns[-1] = eqns[-1]._replace(outvars=[out])
+    return eqns
+
+
 def simplify(jaxpr: Jaxpr, consts):
     """Constant folding, algebraic no-ops, CSE and DCE. Returns (jaxpr, consts).
 
@@ -292,6 +322,12 @@ def simplify(jaxpr: Jaxpr, consts):
                         env[v] = p
                     continue
                 cse[key] = eqn.outvars
+        if prim.name == "select_n" and len(invars) == 3 and \
+                invars[0].aval.dtype == np.bool_ and not effectful:
+            rewritten = _select_as_arithmetic(eqn, invars, known, splats)
+            if rewritten is not None:
+                new_eqns.extend(rewritten)
+                continue
         if prim.name == "transpose" and not _is_lit(invars[0]) and invars[0] in dots and \
                 uses.get(invars[0], 0) == 1:
             swapped = _swap_dot(dots[invars[0]], eqn.params["permutation"])
