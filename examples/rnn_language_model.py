@@ -34,7 +34,7 @@ def init(key, vocab):
 def loss_fn(params, inputs, targets, vocab):
     """inputs, targets: (time, batch) int arrays of character ids."""
     def cell(h, x_t):
-        h = fnp.tanh(nn.one_hot(x_t, vocab) @ params["wx"] + h @ params["wh"] + params["b"])
+        h = fnp.tanh(nn.one_hot(x_t, vocab, dtype=fnp.float32) @ params["wx"] + h @ params["wh"] + params["b"])
         return h, h @ params["wy"] + params["by"]
     h0 = fnp.zeros((inputs.shape[1], HIDDEN), fnp.float32)
     _, logits = lax.scan(cell, h0, inputs)

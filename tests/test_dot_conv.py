@@ -453,12 +453,13 @@ def test_reduce_window_computation_forms_and_init_values():
     closed = ft.make_jaxpr(lambda x: lax.reduce_window(x, 0.0, fnp.add, (2, 2), (1, 1),
                                                        "VALID"))(x)
     assert [e.primitive for e in closed.eqns] == [lax.reduce_window_sum_p]
-    # A non-neutral init value fills the padding and joins every window.
+    # A non-neutral init value fills the padding and joins every window (0.525 is off the
+    # data's 0.05 grid, so no window ties with it and finite differences are meaningful).
     got = lax.reduce_window(x, 1.0, lax.add, (2, 2), (1, 1), "SAME")
     expect = ref_reduce_window(x, 1.0, np.add, (2, 2), (1, 1), [(0, 1), (0, 1)], (1, 1),
                                (1, 1))
     np.testing.assert_allclose(got, expect)
-    check_grads(lambda x: lax.reduce_window(x, 0.5, lax.max, (2, 2), (1, 1), "SAME"), (x,),
+    check_grads(lambda x: lax.reduce_window(x, 0.525, lax.max, (2, 2), (1, 1), "SAME"), (x,),
                 order=1)
     # Any other computation: a product pool, differentiable through its multiplications.
     prod = lambda x: lax.reduce_window(x, 1.0, lax.mul, (2, 2), (2, 2), "VALID")
