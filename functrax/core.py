@@ -252,6 +252,47 @@ class Primitive:
         return out if self.multiple_results else [out]
 
 
+def fast_bind(prim, nargs, prepare=None):
+    """A bind specialised for ``nargs`` positional operands and no parameters: the eager path of
+    the hot numpy wrappers (``fnp.add``, ``fnp.sin``) without building ``*args``/``**params``.
+    Anything traced goes through ``prim.bind``, after ``prepare`` (if given) has converted each
+    operand (lists to arrays, say: numpy takes lists eagerly, tracing needs arrays)."""
+    st = _state
+    slow = prim.bind
+    ndarray = np.ndarray
+    prep = prepare or (lambda v: v)
+
+    if nargs == 1:
+        def bind1(x):
+            if st.dynamic is None and not isinstance(x, Tracer):
+                try:
+                    out = prim.impl(x)
+                except Exception as e:
+                    prim._explain_eager_failure(e, (x,), {})
+                    raise
+                t = type(out)
+                if t is ndarray:
+                    return out.view(Array)
+                return out if t is Array else wrap_array(out)
+            return slow(prep(x))
+        return bind1
+    if nargs == 2:
+        def bind2(x, y):
+            if st.dynamic is None and not isinstance(x, Tracer) and not isinstance(y, Tracer):
+                try:
+                    out = prim.impl(x, y)
+                except Exception as e:
+                    prim._explain_eager_failure(e, (x, y), {})
+                    raise
+                t = type(out)
+                if t is ndarray:
+                    return out.view(Array)
+                return out if t is Array else wrap_array(out)
+            return slow(prep(x), prep(y))
+        return bind2
+    raise ValueError(f"fast_bind: {nargs} operands (only 1 or 2 are specialised)")
+
+
 def wrap_array(x):
     """Eager results are ``functrax.Array`` (a numpy ndarray subclass)."""
     t = type(x)

@@ -4,7 +4,12 @@
 
 * ``"cpu"`` (alias ``"numba"``): fused kernels, see ``numba_cpu.py``;
 * ``"numpy"``: the reference interpreter (every equation's numpy impl, no fusion), which the
-  test suite compares the others against.
+  test suite compares the others against;
+* ``"cuda"`` (alias ``"gpu"``): numba-cuda kernels and CuPy, see ``cuda.py`` (imported only when
+  used: importing ``numba.cuda`` fixes the simulator choice for the process).
+
+Other back ends plug in with ``register_backend(name, "module.path", aliases)``: the module is
+imported on first use and its ``lower(closed, donated=, name=, sub_lowering=)`` called.
 
 The passes shared by every back end live in ``plan.py``; the on-disk kernel cache in
 ``cache.py``.
@@ -22,9 +27,21 @@ import time
 from .. import core
 
 __all__ = ["compile_jaxpr", "available_backends", "canonical_backend", "clear_caches",
-           "stats_owner"]
+           "stats_owner", "register_backend"]
 
-_ALIASES = {"cpu": "cpu", "numba": "cpu", "numpy": "numpy", "reference": "numpy"}
+_ALIASES = {"cpu": "cpu", "numba": "cpu", "numpy": "numpy", "reference": "numpy",
+            "cuda": "cuda", "gpu": "cuda"}
+
+# Back ends living in modules imported on first use: canonical name -> module path.
+_LAZY_BACKENDS = {"cuda": "functrax.lowering.cuda"}
+
+
+def register_backend(name, module, aliases=()):
+    """Make ``module`` (a dotted path; its ``lower`` builds executables) the back end ``name``."""
+    _LAZY_BACKENDS[name] = module
+    _ALIASES[name] = name
+    for a in aliases:
+        _ALIASES[a] = name
 
 # (id(closed), backend, donated) -> (closed, executable); the ClosedJaxpr is kept alive so its
 # id is never reused while the entry exists.
@@ -44,8 +61,7 @@ def canonical_backend(name) -> str:
     b = _ALIASES.get(str(name).lower()) if name is not None else None
     if b is None:
         raise ValueError(f"jit: unknown backend {name!r}; available: "
-                         f"{', '.join(available_backends())} (the CUDA back end is not "
-                         f"installed in this build)")
+                         f"{', '.join(available_backends())}")
     return b
 
 
@@ -89,6 +105,11 @@ def compile_jaxpr(closed, backend="cpu", donated=(), name="jitted"):
     t0 = time.perf_counter()
     if backend == "numpy":
         exe = _ReferenceExecutable(closed)
+    elif backend in _LAZY_BACKENDS:
+        import importlib
+        mod = importlib.import_module(_LAZY_BACKENDS[backend])
+        exe = mod.lower(closed, donated=donated, name=name,
+                        sub_lowering=lambda c: compile_jaxpr(c, backend))
     else:
         from . import numba_cpu
         exe = numba_cpu.lower(closed, donated=donated, name=name,

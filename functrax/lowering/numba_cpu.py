@@ -736,130 +736,438 @@ def _py_literal(lit):
     return val
 
 
+# ---------------------------------------------------------------------------------------------
+# Direct numpy calls: the common equations without the impl's generic wrapper
+
+# Elementwise primitives whose impl is (up to dtype checks) this numpy ufunc, so calling the
+# ufunc gives bit-identical results when the operand dtypes are already the output dtype.
+_DIRECT_UFUNCS = {"add": "add", "sub": "subtract", "mul": "multiply", "max": "maximum",
+                  "min": "minimum", "neg": "negative", "exp": "exp", "log": "log",
+                  "tanh": "tanh", "sin": "sin", "cos": "cos", "sqrt": "sqrt",
+                  "expm1": "expm1", "log1p": "log1p", "abs": "absolute"}
+_DIRECT_FLOAT = {"div": "true_divide"}
+_DIRECT_CMP = {"eq": "equal", "ne": "not_equal", "lt": "less", "le": "less_equal",
+               "gt": "greater", "ge": "greater_equal"}
+_DIRECT_REDUCE = {"reduce_sum": "add", "reduce_max": "maximum", "reduce_min": "minimum"}
+
+
+def _weak_scalar(v):
+    return v.aval.weak_type and v.aval.ndim == 0
+
+
+def _operand_ok(v, dt):
+    """An operand a direct ufunc call may take for output dtype ``dt``: of that dtype, or a
+    weak-typed scalar that numpy's NEP 50 promotion treats as weak (a Python scalar)."""
+    if v.aval.dtype == dt:
+        return True
+    return type(v) is Literal and v.aval.weak_type and v.aval.ndim == 0 and \
+        np.dtype(v.aval.dtype).kind in ("biuf" if dt.kind in "fc" else "b")
+
+
+def _direct_elementwise(eqn):
+    """The numpy ufunc name for an elementwise equation that may call it directly, else None."""
+    name = eqn.primitive.name
+    if len(eqn.outvars) != 1:
+        return None
+    dt = eqn.outvars[0].aval.dtype
+    ins = eqn.invars
+    if all(v.aval.weak_type for v in ins):
+        return None  # all-Python-scalar operands: numpy would not give the declared dtype
+    if name in _DIRECT_UFUNCS or name in _DIRECT_FLOAT:
+        if dt.kind != "f" or not all(_operand_ok(v, dt) for v in ins):
+            return None
+        return _DIRECT_UFUNCS.get(name) or _DIRECT_FLOAT[name]
+    if name in _DIRECT_CMP:
+        a, b = ins
+        ref_dt = next((v.aval.dtype for v in ins if type(v) is not Literal), None)
+        if ref_dt is None or ref_dt.kind != "f" or not all(_operand_ok(v, ref_dt) for v in ins):
+            return None
+        return _DIRECT_CMP[name]
+    if name == "integer_pow" and eqn.params["y"] == 2 and dt.kind == "f" and \
+            ins[0].aval.dtype == dt:
+        return "square"
+    if name == "select_n" and len(ins) == 3 and ins[0].aval.dtype == np.bool_ and \
+            dt.kind == "f" and all(_operand_ok(v, dt) for v in ins[1:]):
+        return "where"
+    return None
+
+
+def _direct_src(eqn, args):
+    """Source calling numpy directly for ``eqn`` on operand sources ``args``, or None when the
+    equation needs its impl (unusual dtypes, ranks or parameters)."""
+    name = eqn.primitive.name
+    uf = _direct_elementwise(eqn)
+    if uf is not None:
+        if uf == "square":  # the impl's x * x (np.square may round differently on some CPUs)
+            return f"_np.multiply({args[0]}, {args[0]})"
+        if uf == "where":
+            return f"_np.where({args[0]}, {args[2]}, {args[1]})"
+        return f"_np.{uf}({', '.join(args)})"
+    if len(eqn.outvars) != 1:
+        return None
+    out = eqn.outvars[0].aval
+    ins = eqn.invars
+    if any(type(v) is Literal for v in ins):
+        return None
+    if name in _DIRECT_REDUCE:
+        x = ins[0]
+        axes = tuple(eqn.params["axes"])
+        if x.aval.ndim == 0 or not axes or x.aval.dtype.kind != "f" or _weak_scalar(x) or \
+                0 in x.aval.shape:
+            return None
+        ax = axes[0] if len(axes) == 1 else axes
+        return f"_np.{_DIRECT_REDUCE[name]}.reduce({args[0]}, {ax!r})"
+    if name == "dot_general":
+        return _direct_dot(eqn, args)
+    if name == "convert_element_type":
+        x = ins[0]
+        src, dst = x.aval.dtype, np.dtype(eqn.params["new_dtype"])
+        if _weak_scalar(x) or dst.kind not in "fc" or src.kind not in "biuf":
+            return None
+        return f"{args[0]}.astype(_np.{_dt_name(dst)})"
+    if name == "transpose":
+        x = ins[0]
+        if _weak_scalar(x):
+            return None
+        perm = tuple(eqn.params["permutation"])
+        if x.aval.ndim == 2 and perm == (1, 0):
+            return f"{args[0]}.T"
+        return f"{args[0]}.transpose({perm!r})"
+    if name == "reshape" and eqn.params.get("dimensions") is None and not _weak_scalar(ins[0]):
+        return f"_np.reshape({args[0]}, {tuple(out.shape)!r})"
+    return None
+
+
+def _direct_dot(eqn, args):
+    (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
+    a, b = eqn.invars
+    dt = eqn.outvars[0].aval.dtype
+    pref = eqn.params.get("preferred_element_type")
+    if lb or rb or a.aval.dtype != dt or b.aval.dtype != dt or dt.kind not in "fc" or \
+            (pref is not None and np.dtype(pref) != dt):
+        return None
+    na, nb = a.aval.ndim, b.aval.ndim
+    if na not in (1, 2) or nb not in (1, 2) or _weak_scalar(a) or _weak_scalar(b):
+        return None
+    if len(lc) == 0:
+        if na == 1 and nb == 1:
+            return f"_np.multiply.outer({args[0]}, {args[1]})"
+        return None
+    if len(lc) != 1:
+        return None
+    A = args[0] if (na == 1 or lc[0] == 1) else f"{args[0]}.T"
+    B = args[1] if (nb == 1 or rc[0] == 0) else f"{args[1]}.T"
+    return f"_np.dot({A}, {B})"
+
+
+def _broadcast_view(x_aval, params):
+    """The shape a broadcast operand is viewed with so that numpy broadcasting reproduces
+    ``broadcast_in_dim`` (size-1 dims where the result is stretched)."""
+    shape = params["shape"]
+    expanded = [1] * len(shape)
+    for src, dst in enumerate(params["broadcast_dimensions"]):
+        expanded[dst] = x_aval.shape[src]
+    return tuple(expanded)
+
+
+def _fit_dtype(x, dtype):
+    """A loop carry keeps its declared dtype whatever an impl returned."""
+    if getattr(x, "dtype", None) != dtype:
+        return core.wrap_array(np.asarray(x, dtype=dtype))
+    return x
+
+
+class _Emitter:
+    """Writes one Python driver: a program's steps as straight-line code, with the bodies of
+    ``scan`` equations inlined as Python loops over preallocated output stacks (no call, list
+    or dict per step)."""
+
+    def __init__(self, sub_lowering):
+        self.glb = {"_np": np, "_wrap": _wrap_out, "_reuse": _reuse_buffer,
+                    "_fitd": _fit_dtype}
+        self.counter = 0
+        self.kernel_sources, self.summary, self.dispatchers = [], [], []
+        self.nk = [0]
+        self.sub_lowering = sub_lowering or (lambda c: lower(c))
+
+    def fresh(self, prefix="t"):
+        self.counter += 1
+        return f"{prefix}{self.counter}"
+
+    def global_(self, value, prefix="K"):
+        name = self.fresh(prefix)
+        self.glb[name] = value
+        return name
+
+    def literal(self, lit, direct=False):
+        """A global holding a literal: for direct numpy calls non-weak literals get their
+        numpy scalar type (so a Python float never stands for a float32 value)."""
+        if direct and not lit.aval.weak_type:
+            return self.global_(np.dtype(lit.aval.dtype).type(lit.val))
+        return self.global_(_py_literal(lit))
+
+    def program(self, jaxpr, consts, in_names, lines, ind, donated=(), depth=0):
+        """Emit code computing ``jaxpr`` (the shared passes run here) from the variables named
+        ``in_names``. Returns (simplified jaxpr, output sources, whether each output's dtype
+        is exactly its aval's)."""
+        jaxpr, consts = plan.inline_calls(jaxpr, consts)
+        jaxpr, consts = plan.simplify(jaxpr, consts)
+        steps = plan.fuse(jaxpr, plan.DEFAULT_FUSIBLE, _can_fuse)
+        last = plan.last_uses(steps, jaxpr.outvars)
+        names, typed, defined = {}, set(), set()
+        fresh = self.fresh
+        for v, n in zip(jaxpr.invars, in_names):
+            names[v] = n
+        for v, c in zip(jaxpr.constvars, consts):
+            names[v] = self.global_(c, "C")
+
+        def ref(v):
+            return self.literal(v) if type(v) is Literal else names[v]
+
+        def dref(v):
+            return self.literal(v, direct=True) if type(v) is Literal else names[v]
+
+        donated = tuple(donated) + (False,) * (len(jaxpr.invars) - len(donated))
+        owned = {v for v, d in zip(jaxpr.invars, donated) if d}
+        outset = {v for v in jaxpr.outvars if type(v) is not Literal}
+        styles = [None if isinstance(st, OpStep) else _choose(st) for st in steps]
+        op_eqns = []
+        for st, style in zip(steps, styles):
+            if style is None or style == "unfused":
+                op_eqns.extend([st.eqn] if style is None else st.eqns)
+        # Buffers handed to an impl may live on inside its result (reshape, transpose and
+        # broadcast return views), so only values read by kernels alone may be overwritten.
+        impl_read = set()
+        for e in op_eqns:
+            impl_read.update(v for v in e.invars if type(v) is not Literal)
+        owned -= impl_read
+        lazy = _lazy_broadcasts(op_eqns, steps, styles, jaxpr.outvars)
+
+        def emit_op(eqn):
+            name = eqn.primitive.name
+            outs = []
+            for v in eqn.outvars:
+                if type(v) is core.DropVar:
+                    outs.append("_")
+                else:
+                    names[v] = fresh()
+                    defined.add(v)
+                    outs.append(names[v])
+            if eqn in lazy:
+                x = eqn.invars[0]
+                src = dref(x)
+                view = lazy[eqn]
+                if view is not None:
+                    src = f"{src}.reshape({view!r})"
+                lines.append(f"{ind}{outs[0]} = {src}")
+                typed.add(eqn.outvars[0])
+                return
+            if name == "scan":
+                self.scan(eqn, [ref(v) for v in eqn.invars], outs, lines, ind, depth)
+                typed.update(eqn.outvars)
+                return
+            rule = lowering_rules.get(name)
+            if rule is None:
+                src = _direct_src(eqn, [dref(v) for v in eqn.invars])
+                if src is not None:
+                    lines.append(f"{ind}{outs[0]} = {src}")
+                    typed.add(eqn.outvars[0])
+                    return
+            fn = fresh("_f")
+            self.glb[fn] = rule(eqn, self.sub_lowering) if rule is not None else \
+                _impl_callable(eqn)
+            args = ", ".join(ref(v) for v in eqn.invars)
+            if eqn.primitive.multiple_results:
+                lhs = ", ".join(outs) + ("," if len(outs) == 1 else "")
+                lines.append(f"{ind}{lhs} = {fn}({args})" if outs else f"{ind}{fn}({args})")
+            else:
+                lines.append(f"{ind}{outs[0]} = {fn}({args})")
+
+        sub_lines = []
+        for si, step in enumerate(steps):
+            if isinstance(step, OpStep):
+                self.summary.append(f"op {step.eqn.primitive}")
+                emit_op(step.eqn)
+            else:
+                style = styles[si]
+                if style == "unfused":
+                    self.summary.append(f"unfused {step.shape} "
+                                        f"{[str(e.primitive) for e in step.eqns]}")
+                    for eqn in step.eqns:
+                        emit_op(eqn)
+                elif style == "blocked":
+                    kname = f"_b{self.nk[0]}"
+                    self.nk[0] += 1
+                    fn, src, arg_plan = _blocked_kernel(step, kname)
+                    counters["blocked_kernels"] += 1
+                    self.glb[kname] = fn
+                    self.kernel_sources.append(src)
+                    self.summary.append(f"blocked kernel {kname} {step.shape} "
+                                        f"{[str(e.primitive) for e in step.eqns]}")
+                    args = []
+                    for kind, li in arg_plan:
+                        op, view = step.loads[li]
+                        if kind == "S":
+                            args.append(f"_np.reshape({ref(op)}, ())[()]")
+                        elif tuple(op.aval.shape) == tuple(view):
+                            args.append(ref(op))
+                        else:
+                            args.append(f"_np.reshape({ref(op)}, {tuple(view)!r})")
+                    outs = []
+                    for v in step.outputs:
+                        names[v] = fresh()
+                        defined.add(v)
+                        typed.add(v)
+                        outs.append(names[v])
+                    lines.append(f"{ind}{', '.join(outs)}, = {kname}({', '.join(args)})")
+                else:
+                    body = []
+                    _emit_numba(step, body, self.glb, names, ref, fresh, self.nk,
+                                self.kernel_sources, self.summary, self.dispatchers, last, si,
+                                owned, outset | impl_read, set(jaxpr.invars))
+                    lines.extend(ind + b for b in body)
+                    for v in step.outputs:
+                        defined.add(v)
+                        typed.add(v)
+            # Free big intermediates as soon as they die.
+            dead = [v for v, li in last.items() if li == si and v in defined and
+                    v.aval.size >= 4096]
+            if dead:
+                lines.append(f"{ind}del " + ", ".join(names[v] for v in dead))
+        out_srcs, out_typed = [], []
+        for v in jaxpr.outvars:
+            if type(v) is Literal:
+                out_srcs.append(self.literal(v, direct=True))
+                out_typed.append(not v.aval.weak_type)
+            else:
+                out_srcs.append(names[v])
+                out_typed.append(v in typed)
+        return jaxpr, consts, out_srcs, out_typed
+
+    def scan(self, eqn, in_srcs, outs, lines, ind, depth):
+        """A scan as a Python loop in the driver; ys are written into (T, ...) buffers."""
+        p = eqn.params
+        body = p["jaxpr"]
+        nc, nk, length, reverse = p["num_consts"], p["num_carry"], p["length"], p["reverse"]
+        self.summary.append(f"scan loop of {length} steps")
+        consts, init, xs = in_srcs[:nc], in_srcs[nc:nc + nk], in_srcs[nc + nk:]
+        carry_avals = body.in_avals[nc:nc + nk]
+        y_avals = body.out_avals[nk:]
+        cn = [self.fresh("c") for _ in range(nk)]
+        xn = [self.fresh("x") for _ in xs]
+        yn = [self.fresh("y") for _ in y_avals]
+        i = f"i{depth}_{self.counter}"
+        self.counter += 1
+        for c, s in zip(cn, init):
+            lines.append(f"{ind}{c} = {s}")
+        for x, s in zip(xn, xs):
+            lines.append(f"{ind}{x} = {s}")
+        for y, a in zip(yn, y_avals):
+            lines.append(f"{ind}{y} = _np.empty({(length,) + tuple(a.shape)!r}, "
+                         f"_np.{_dt_name(a.dtype)})")
+        rng = f"range({length - 1}, -1, -1)" if reverse else f"range({length})"
+        lines.append(f"{ind}for {i} in {rng}:")
+        ind2 = ind + "    "
+        xe = [self.fresh("e") for _ in xs]
+        for e, x in zip(xe, xn):
+            lines.append(f"{ind2}{e} = {x}[{i}]")
+        start = len(lines)
+        _, _, out_srcs, out_typed = self.program(body.jaxpr, body.consts,
+                                                 list(consts) + cn + xe, lines, ind2,
+                                                 depth=depth + 1)
+        new = [s if t else f"_fitd({s}, _np.{_dt_name(a.dtype)})"
+               for s, t, a in zip(out_srcs[:nk], out_typed[:nk], carry_avals)]
+        if nk:
+            lines.append(f"{ind2}{', '.join(cn)}, = {', '.join(new)},")
+        for y, s in zip(yn, out_srcs[nk:]):
+            lines.append(f"{ind2}{y}[{i}] = {s}")
+        if len(lines) == start and not nk and not yn:
+            lines.append(f"{ind2}pass")
+        for o, s in zip(outs, cn + yn):
+            if o != "_":
+                lines.append(f"{ind}{o} = {s}")
+
+
+def _lazy_broadcasts(op_eqns, steps, styles, outvars):
+    """broadcast_in_dim equations (run as ops) whose every reader is a direct elementwise
+    call that numpy broadcasting makes come out right: they become a reshape view (or
+    nothing), not a broadcast_to. Maps eqn -> view shape (None: the operand as it is)."""
+    cand = {}
+    for e in op_eqns:
+        if e.primitive.name == "broadcast_in_dim":
+            x = e.invars[0]
+            view = _broadcast_view(x.aval, e.params)
+            trimmed = tuple(view[len(view) - x.aval.ndim:]) if x.aval.ndim else ()
+            ok_suffix = trimmed == tuple(x.aval.shape) and all(
+                d == 1 for d in view[:len(view) - x.aval.ndim])
+            cand[e.outvars[0]] = (e, None if ok_suffix else view)
+    if not cand:
+        return {}
+    readers = {}
+    blocked = set(v for v in outvars if type(v) is not Literal)
+    for st, style in zip(steps, styles):
+        if style is None or style == "unfused":
+            for e in ([st.eqn] if style is None else st.eqns):
+                for v in e.invars:
+                    if type(v) is not Literal:
+                        readers.setdefault(v, []).append(e)
+        else:
+            blocked.update(op for op, _ in st.loads if type(op) is not Literal)
+    alive = {v for v in cand if v not in blocked and v in readers}
+    changed = True
+    while changed:
+        changed = False
+        for v in list(alive):
+            for e in readers[v]:
+                if e.primitive.name == "broadcast_in_dim" or _direct_elementwise(e) is None:
+                    ok = False
+                else:
+                    shapes = []
+                    for u in e.invars:
+                        if type(u) is not Literal and u in alive:
+                            _, view = cand[u]
+                            shapes.append(view if view is not None else
+                                          tuple(cand[u][0].invars[0].aval.shape))
+                        else:
+                            shapes.append(tuple(u.aval.shape))
+                    try:
+                        ok = tuple(np.broadcast_shapes(*shapes)) == \
+                            tuple(e.outvars[0].aval.shape)
+                    except ValueError:
+                        ok = False
+                if not ok:
+                    alive.discard(v)
+                    changed = True
+                    break
+    return {cand[v][0]: cand[v][1] for v in alive}
+
+
 def lower(closed, donated=(), name="jitted", sub_lowering=None):
     """Lower a ClosedJaxpr to an ``Executable`` on the CPU."""
-    jaxpr, consts = plan.inline_calls(closed.jaxpr, closed.consts)
-    jaxpr, consts = plan.simplify(jaxpr, consts)
-    steps = plan.fuse(jaxpr, plan.DEFAULT_FUSIBLE, _can_fuse)
-    last = plan.last_uses(steps, jaxpr.outvars)
-    glb = {"_np": np, "_wrap": _wrap_out, "_reuse": _reuse_buffer}
-    names = {}
-    counter = [0]
-
-    def fresh(prefix="t"):
-        counter[0] += 1
-        return f"{prefix}{counter[0]}"
-
-    for i, v in enumerate(jaxpr.invars):
-        names[v] = f"a{i}"
-    for i, (v, c) in enumerate(zip(jaxpr.constvars, consts)):
-        names[v] = f"C{i}"
-        glb[f"C{i}"] = c
-    nlit = [0]
-
-    def ref(v):
-        if type(v) is Literal:
-            k = f"K{nlit[0]}"
-            nlit[0] += 1
-            glb[k] = _py_literal(v)
-            return k
-        return names[v]
-
-    donated = tuple(donated) + (False,) * (len(jaxpr.invars) - len(donated))
-    owned = {v for v, d in zip(jaxpr.invars, donated) if d}
-    outset = {v for v in jaxpr.outvars if type(v) is not Literal}
+    em = _Emitter(sub_lowering)
+    params = [f"a{i}" for i in range(len(closed.jaxpr.invars))]
     lines = []
-    kernel_sources, summary, dispatchers = [], [], []
-    nk = [0]
-    styles = [None if isinstance(st, OpStep) else _choose(st) for st in steps]
-    # Buffers handed to an impl may live on inside its result (reshape, transpose and
-    # broadcast return views), so only values read by kernels alone may be overwritten.
-    for st, style in zip(steps, styles):
-        if style is None or style == "unfused":
-            for e in ([st.eqn] if style is None else st.eqns):
-                owned.difference_update(v for v in e.invars if type(v) is not Literal)
-    impl_read = set()
-    for st, style in zip(steps, styles):
-        if style is None or style == "unfused":
-            for e in ([st.eqn] if style is None else st.eqns):
-                impl_read.update(v for v in e.invars if type(v) is not Literal)
-
-    def emit_op(eqn):
-        fn = fresh("_f")
-        rule = lowering_rules.get(eqn.primitive.name)
-        if rule is not None:
-            glb[fn] = rule(eqn, sub_lowering or (lambda c: lower(c)))
-        else:
-            glb[fn] = _impl_callable(eqn)
-        args = ", ".join(ref(v) for v in eqn.invars)
-        outs = []
-        for v in eqn.outvars:
-            if type(v) is core.DropVar:
-                outs.append("_")
-            else:
-                names[v] = fresh()
-                outs.append(names[v])
-        if eqn.primitive.multiple_results:
-            lhs = ", ".join(outs) + ("," if len(outs) == 1 else "")
-            lines.append(f"{lhs} = {fn}({args})" if outs else f"{fn}({args})")
-        else:
-            lines.append(f"{outs[0]} = {fn}({args})")
-
-    for si, step in enumerate(steps):
-        if isinstance(step, OpStep):
-            summary.append(f"op {step.eqn.primitive}")
-            emit_op(step.eqn)
-        else:
-            style = styles[si]
-            if style == "unfused":
-                summary.append(f"unfused {step.shape} {[str(e.primitive) for e in step.eqns]}")
-                for eqn in step.eqns:
-                    emit_op(eqn)
-            elif style == "blocked":
-                kname = f"_b{nk[0]}"
-                nk[0] += 1
-                fn, src, arg_plan = _blocked_kernel(step, kname)
-                counters["blocked_kernels"] += 1
-                glb[kname] = fn
-                kernel_sources.append(src)
-                summary.append(f"blocked kernel {kname} {step.shape} "
-                               f"{[str(e.primitive) for e in step.eqns]}")
-                args = []
-                for kind, li in arg_plan:
-                    op, view = step.loads[li]
-                    if kind == "S":
-                        args.append(f"_np.reshape({ref(op)}, ())[()]")
-                    elif tuple(op.aval.shape) == tuple(view):
-                        args.append(ref(op))
-                    else:
-                        args.append(f"_np.reshape({ref(op)}, {tuple(view)!r})")
-                outs = []
-                for v in step.outputs:
-                    names[v] = fresh()
-                    outs.append(names[v])
-                lines.append(f"{', '.join(outs)}, = {kname}({', '.join(args)})")
-            else:
-                _emit_numba(step, lines, glb, names, ref, fresh, nk, kernel_sources, summary,
-                            dispatchers, last, si, owned, outset | impl_read, set(jaxpr.invars))
-        # Free big intermediates as soon as they die.
-        dead = [v for v, li in last.items() if li == si and v in names and
-                names[v][0] == "t" and v.aval.size >= 4096]
-        if dead:
-            lines.append("del " + ", ".join(names[v] for v in dead))
+    jaxpr, consts, out_srcs, _ = em.program(closed.jaxpr, closed.consts, params, lines,
+                                            "    ", donated)
     # Arrays are mutable: a constant returned as an output is copied, so a caller writing
     # into its result cannot change what later calls return.
-    constset = set(jaxpr.constvars)
-    rets = ", ".join(f"_wrap(_np.array({ref(v)}))" if (type(v) is Literal or v in constset)
-                     else f"_wrap({ref(v)})" for v in jaxpr.outvars)
-    lines.append(f"return [{rets}]")
-    params = ", ".join(f"a{i}" for i in range(len(jaxpr.invars)))
-    source = f"def {_safe_name(name)}({params}):\n" + "\n".join("    " + ln for ln in lines) + "\n"
+    rets = []
+    for v, s in zip(jaxpr.outvars, out_srcs):
+        if type(v) is Literal or v in set(jaxpr.constvars) or s.startswith("C"):
+            rets.append(f"_wrap(_np.array({s}))")
+        else:
+            rets.append(f"_wrap({s})")
+    lines.append(f"    return [{', '.join(rets)}]")
+    fname = _safe_name(name)
+    source = f"def {fname}({', '.join(params)}):\n" + "\n".join(lines) + "\n"
+    glb = em.glb
     exec(compile(source, f"<functrax driver {name}>", "exec"), glb)
-    fn = glb[_safe_name(name)]
-    exe = Executable(fn, source, kernel_sources, jaxpr, summary, [k for k, _ in dispatchers],
-                     closed)
-    if dispatchers:
-        exe.compile_seconds, exe.numba_compiles, exe.numba_disk_hits = _precompile(dispatchers)
+    fn = glb[fname]
+    exe = Executable(fn, source, em.kernel_sources, jaxpr, em.summary,
+                     [k for k, _ in em.dispatchers], closed)
+    if em.dispatchers:
+        exe.compile_seconds, exe.numba_compiles, exe.numba_disk_hits = \
+            _precompile(em.dispatchers)
     return exe
 
 

@@ -28,7 +28,7 @@ import math
 import numpy as np
 
 from .. import dtypes, lax
-from ..core import Tracer, get_aval, wrap_array
+from ..core import Tracer, get_aval, wrap_array, fast_bind
 from ..lax import elementwise as _ew
 from ._util import asarray_arg
 
@@ -124,27 +124,19 @@ def _name(fn, name, doc):
 
 
 def _binary(prim, name, doc=None):
-    bind = prim.bind
-
-    def fn(x, y, /):
-        if type(x) in _SEQ or type(y) in _SEQ:
-            x, y = asarray_arg(x), asarray_arg(y)
-        return bind(x, y)
+    # The fast bind is the function itself: the eager path is one closure call deep. numpy
+    # accepts lists eagerly; the traced path converts them with asarray_arg.
+    fn = fast_bind(prim, 2, asarray_arg)
     return _name(fn, name, doc or f"numpy.{name}: broadcasting, numpy's dtype promotion.")
 
 
 def _unary(prim, name, doc=None):
-    bind = prim.bind
-
-    def fn(x, /):
-        if type(x) in _SEQ:
-            x = asarray_arg(x)
-        return bind(x)
+    fn = fast_bind(prim, 1, asarray_arg)
     return _name(fn, name, doc or f"numpy.{name}.")
 
 
 def _unary_inexact(prim, name, doc=None):
-    bind = prim.bind
+    bind = fast_bind(prim, 1)
 
     def fn(x, /):
         try:
@@ -157,7 +149,7 @@ def _unary_inexact(prim, name, doc=None):
 
 
 def _binary_inexact(prim, name, doc=None):
-    bind = prim.bind
+    bind = fast_bind(prim, 2)
 
     def fn(x, y, /):
         return bind(*_inexact_args(x, y))
