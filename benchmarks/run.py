@@ -31,7 +31,8 @@ PEERS = {"jax": "jax", "torch": "torch", "autograd": "autograd"}
 def installed(libs):
     out = []
     for lib in libs:
-        if lib in ("functrax", "numpy") or importlib.util.find_spec(PEERS.get(lib, lib)):
+        if lib in ("functrax", "numpy", "python-loop") or \
+                importlib.util.find_spec(PEERS.get(lib, lib)):
             out.append(lib)
     return out
 
@@ -39,7 +40,7 @@ def installed(libs):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--only", default="", help="comma-separated workload ids (W1,...,W8)")
-    ap.add_argument("--libs", default="functrax,jax,torch,autograd,numpy")
+    ap.add_argument("--libs", default="functrax,jax,torch,autograd,numpy,python-loop")
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--w4-size", type=int, default=10_000_000)
     args = ap.parse_args(argv)

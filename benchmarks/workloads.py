@@ -129,6 +129,71 @@ def w1():
 
 
 # ---------------------------------------------------------------------------------------------
+# W1e: eager grad of the same MLP loss (no jit): functrax vs HIPS autograd vs JAX eager
+
+def w1_eager():
+    rng = np.random.default_rng(1)
+    sizes = [784, 512, 512, 10]
+    params = [[_glorot((m, n), rng, np.float32), np.zeros(n, np.float32)]
+              for m, n in zip(sizes[:-1], sizes[1:])]
+    x = rng.standard_normal((128, 784)).astype(np.float32)
+    y = np.eye(10, dtype=np.float32)[rng.integers(0, 10, 128)]
+
+    def reference():
+        _, new = ref.mlp_relu_sgd_step(_f64(params), _f64(x), _f64(y), 1.0)
+        # new = p - 1.0 * g, so g = p - new
+        return [[np.asarray(p, np.float64) - n for p, n in zip(pl, nl)]
+                for pl, nl in zip(params, new)]
+
+    def functrax_impl():
+        import functrax as ft
+        import functrax.numpy as fnp
+
+        def loss_fn(p):
+            h = x
+            for w, b in p[:-1]:
+                h = fnp.maximum(h @ w + b, 0.0)
+            w, b = p[-1]
+            return -fnp.sum(y * ft.nn.log_softmax(h @ w + b)) / x.shape[0]
+        g = ft.grad(loss_fn)
+        return lambda: g(params)
+
+    def jax_impl():
+        import jax
+        import jax.numpy as jnp
+        p = jax.tree_util.tree_map(jnp.asarray, params)
+        xj, yj = jnp.asarray(x), jnp.asarray(y)
+
+        def loss_fn(p):
+            h = xj
+            for w, b in p[:-1]:
+                h = jnp.maximum(h @ w + b, 0.0)
+            w, b = p[-1]
+            return -jnp.sum(yj * jax.nn.log_softmax(h @ w + b)) / xj.shape[0]
+        g = jax.grad(loss_fn)  # eager: every primitive dispatched one by one
+        return lambda: g(p)
+
+    def autograd_impl():
+        import autograd
+        import autograd.numpy as anp
+
+        def loss_fn(p):
+            h = x
+            for w, b in p[:-1]:
+                h = anp.maximum(h @ w + b, 0.0)
+            w, b = p[-1]
+            z = h @ w + b
+            z = z - anp.max(z, axis=1, keepdims=True)
+            return -anp.sum(y * (z - anp.log(anp.sum(anp.exp(z), axis=1, keepdims=True)))) / 128
+        g = autograd.grad(loss_fn)
+        return lambda: g(params)
+
+    return Workload("W1e eager grad of the MLP loss", "no jit: dispatch + AD overhead",
+                    reference, {"functrax": functrax_impl, "jax": jax_impl,
+                                "autograd": autograd_impl}, rtol=2e-3, atol=2e-5)
+
+
+# ---------------------------------------------------------------------------------------------
 # W2: per-example gradients, MLP 64-128-10 tanh, batch 256, float32
 
 def w2():
@@ -178,9 +243,26 @@ def w2():
         f = vmap(grad(loss), in_dims=(None, 0, 0))
         return lambda: f(tp, tx, ty)
 
+    def loop_impl():
+        # The baseline vmap replaces: a Python loop of (jitted) per-example gradients.
+        import functrax as ft
+        import functrax.numpy as fnp
+
+        def loss(p, xi, yi):
+            (w1, b1), (w2, b2) = p
+            h = fnp.tanh(xi @ w1 + b1)
+            return -fnp.sum(yi * ft.nn.log_softmax(h @ w2 + b2))
+        g = ft.jit(ft.grad(loss))
+
+        def step():
+            per = [g(params, x[i], y[i]) for i in range(x.shape[0])]
+            return ft.tree_util.tree_map(lambda *gs: np.stack(gs), *per)
+        return step
+
     return Workload("W2 per-example grads", "vmap(grad) MLP 64-128-10 tanh, batch 256, f32",
                     reference, {"functrax": functrax_impl, "jax": jax_impl,
-                                "torch": torch_impl}, rtol=2e-3, atol=2e-5)
+                                "torch": torch_impl, "python-loop": loop_impl},
+                    rtol=2e-3, atol=2e-5)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -558,6 +640,6 @@ def w7():
                                 "torch": torch_impl}, rtol=3e-3, atol=3e-5)
 
 
-ALL = {"W1": [w1], "W2": [w2], "W3": [w3, w3b], "W4": [w4], "W5": [w5_jit, w5_eager,
+ALL = {"W1": [w1, w1_eager], "W2": [w2], "W3": [w3, w3b], "W4": [w4], "W5": [w5_jit, w5_eager,
                                                                     w5_eager_sin],
        "W6": [w6], "W7": [w7]}

@@ -37,7 +37,7 @@ from .array import Array
 
 __all__ = ["Device", "devices", "local_devices", "default_backend", "device_put", "device_get",
            "device_of", "cpu_device", "SimulatedGpuArray", "check_same_device",
-           "infer_backend", "gpu_available", "simulator_enabled"]
+           "infer_backend", "gpu_available", "simulator_enabled", "sim_numpy"]
 
 
 class Device:
@@ -180,6 +180,14 @@ class SimulatedGpuArray(Array):
             return tuple(_to_sim(r) for r in res)
         return _to_sim(res)
 
+    def __array_function__(self, func, types, args, kwargs):
+        # CuPy implements numpy's functions on device arrays and returns device arrays; so
+        # does the simulated GPU (numpy would otherwise hand back plain host arrays).
+        flat = _flat_arrays(args) + _flat_arrays(tuple(kwargs.values()))
+        check_same_device(func.__name__, flat)
+        res = func(*_unwrap(args), **_unwrap(kwargs))
+        return _rewrap(res)
+
     @property
     def device(self):
         return _discover()[0]
@@ -201,6 +209,64 @@ def _to_sim(x):
         return x.view(SimulatedGpuArray)
     if isinstance(x, np.generic):
         return np.asarray(x).view(SimulatedGpuArray)
+    return x
+
+
+class _SimNumpy:
+    """The array namespace of the simulated GPU (what CuPy is to a real one): numpy, except
+    that the functions creating or converting arrays create them on the simulated device."""
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+    def _on_device(fn):  # noqa: N805 - a decorator used in the class body
+        def wrapped(self, *args, **kwargs):
+            return _to_sim(fn(*_unwrap(args), **_unwrap(kwargs)))
+        wrapped.__name__ = fn.__name__
+        return wrapped
+
+    asarray = _on_device(np.asarray)
+    array = _on_device(np.array)
+    ascontiguousarray = _on_device(np.ascontiguousarray)
+    empty = _on_device(np.empty)
+    zeros = _on_device(np.zeros)
+    ones = _on_device(np.ones)
+    full = _on_device(np.full)
+    arange = _on_device(np.arange)
+    eye = _on_device(np.eye)
+    del _on_device
+
+
+sim_numpy = _SimNumpy()
+
+
+def _flat_arrays(xs):
+    out = []
+    for x in xs:
+        if isinstance(x, (list, tuple)):
+            out += _flat_arrays(x)
+        elif isinstance(x, np.ndarray):
+            out.append(x)
+    return out
+
+
+def _unwrap(x):
+    if isinstance(x, SimulatedGpuArray):
+        return np.asarray(x)
+    if isinstance(x, (list, tuple)):
+        return type(x)(_unwrap(v) for v in x)
+    if isinstance(x, dict):
+        return {k: _unwrap(v) for k, v in x.items()}
+    return x
+
+
+def _rewrap(x):
+    if isinstance(x, (np.ndarray, np.generic)):
+        return _to_sim(x)
+    if isinstance(x, tuple):
+        return tuple(_rewrap(v) for v in x)
+    if isinstance(x, list):
+        return [_rewrap(v) for v in x]
     return x
 
 

@@ -847,7 +847,11 @@ def _direct_dot(eqn, args):
             (pref is not None and np.dtype(pref) != dt):
         return None
     na, nb = a.aval.ndim, b.aval.ndim
-    if na not in (1, 2) or nb not in (1, 2) or _weak_scalar(a) or _weak_scalar(b):
+    if _weak_scalar(a) or _weak_scalar(b):
+        return None
+    if (na > 2 or nb > 2) and lc:
+        return _direct_dot_flat(eqn, args)
+    if na not in (1, 2) or nb not in (1, 2):
         return None
     if len(lc) == 0:
         if na == 1 and nb == 1:
@@ -858,6 +862,35 @@ def _direct_dot(eqn, args):
     A = args[0] if (na == 1 or lc[0] == 1) else f"{args[0]}.T"
     B = args[1] if (nb == 1 or rc[0] == 0) else f"{args[1]}.T"
     return f"_np.dot({A}, {B})"
+
+
+def _direct_dot_flat(eqn, args):
+    """dot_general as one 2-D GEMM when each operand's contracting dims are its leading or
+    its trailing dims (in order): the operands are viewed as matrices by a reshape, which is
+    free for contiguous arrays (the summed-over-steps gradients of a scan are of this form)."""
+    (lc, rc), _ = eqn.params["dimension_numbers"]
+    a, b = eqn.invars
+    out_shape = tuple(eqn.outvars[0].aval.shape)
+    k = len(lc)
+    la, lb_ = a.aval.shape, b.aval.shape
+    kdim = int(np.prod([la[d] for d in lc], dtype=np.int64))
+    fa = int(np.prod(la, dtype=np.int64)) // kdim if kdim else 0
+    fb = int(np.prod(lb_, dtype=np.int64)) // kdim if kdim else 0
+    if kdim == 0 or 0 in out_shape:
+        return None
+    if tuple(lc) == tuple(range(k)):
+        A = f"_np.reshape({args[0]}, ({kdim}, {fa})).T"
+    elif tuple(lc) == tuple(range(a.aval.ndim - k, a.aval.ndim)):
+        A = f"_np.reshape({args[0]}, ({fa}, {kdim}))"
+    else:
+        return None
+    if tuple(rc) == tuple(range(k)):
+        B = f"_np.reshape({args[1]}, ({kdim}, {fb}))"
+    elif tuple(rc) == tuple(range(b.aval.ndim - k, b.aval.ndim)):
+        B = f"_np.reshape({args[1]}, ({fb}, {kdim})).T"
+    else:
+        return None
+    return f"_np.reshape(_np.dot({A}, {B}), {out_shape!r})"
 
 
 def _broadcast_view(x_aval, params):
@@ -912,6 +945,10 @@ class _Emitter:
         is exactly its aval's)."""
         jaxpr, consts = plan.inline_calls(jaxpr, consts)
         jaxpr, consts = plan.simplify(jaxpr, consts)
+        n_eqns = len(jaxpr.eqns)
+        jaxpr, consts = plan.sink_scan_accumulators(jaxpr, consts)
+        if len(jaxpr.eqns) != n_eqns:  # fold the zero initial values of sunk accumulators
+            jaxpr, consts = plan.simplify(jaxpr, consts)
         steps = plan.fuse(jaxpr, plan.DEFAULT_FUSIBLE, _can_fuse)
         last = plan.last_uses(steps, jaxpr.outvars)
         names, typed, defined = {}, set(), set()
@@ -953,10 +990,10 @@ class _Emitter:
                     names[v] = fresh()
                     defined.add(v)
                     outs.append(names[v])
-            if eqn in lazy:
+            if id(eqn) in lazy:
                 x = eqn.invars[0]
                 src = dref(x)
-                view = lazy[eqn]
+                view = lazy[id(eqn)]
                 if view is not None:
                     src = f"{src}.reshape({view!r})"
                 lines.append(f"{ind}{outs[0]} = {src}")
@@ -1069,18 +1106,23 @@ class _Emitter:
         lines.append(f"{ind}for {i} in {rng}:")
         ind2 = ind + "    "
         xe = [self.fresh("e") for _ in xs]
-        for e, x in zip(xe, xn):
-            lines.append(f"{ind2}{e} = {x}[{i}]")
+        bj = body.jaxpr
+        read = {v for e in bj.eqns for v in e.invars if type(v) is not Literal}
+        read.update(v for v in bj.outvars if type(v) is not Literal)
+        for e, x, v in zip(xe, xn, bj.invars[nc + nk:]):
+            if v in read:  # a step's slice of an xs the body ignores is never taken
+                lines.append(f"{ind2}{e} = {x}[{i}]")
         start = len(lines)
         _, _, out_srcs, out_typed = self.program(body.jaxpr, body.consts,
                                                  list(consts) + cn + xe, lines, ind2,
                                                  depth=depth + 1)
         new = [s if t else f"_fitd({s}, _np.{_dt_name(a.dtype)})"
                for s, t, a in zip(out_srcs[:nk], out_typed[:nk], carry_avals)]
-        if nk:
-            lines.append(f"{ind2}{', '.join(cn)}, = {', '.join(new)},")
+        # ys first: a y may be a carry's value from before this step.
         for y, s in zip(yn, out_srcs[nk:]):
             lines.append(f"{ind2}{y}[{i}] = {s}")
+        if nk:
+            lines.append(f"{ind2}{', '.join(cn)}, = {', '.join(new)},")
         if len(lines) == start and not nk and not yn:
             lines.append(f"{ind2}pass")
         for o, s in zip(outs, cn + yn):
@@ -1139,7 +1181,7 @@ def _lazy_broadcasts(op_eqns, steps, styles, outvars):
                     alive.discard(v)
                     changed = True
                     break
-    return {cand[v][0]: cand[v][1] for v in alive}
+    return {id(cand[v][0]): cand[v][1] for v in alive}
 
 
 def lower(closed, donated=(), name="jitted", sub_lowering=None):

@@ -32,7 +32,8 @@ from ..core import Jaxpr, JaxprEqn, Literal, Var
 from ..interpreters.partial_eval import dce_jaxpr, effectful_primitives
 
 __all__ = ["inline_calls", "simplify", "fuse", "last_uses", "Cluster", "OpStep",
-           "ELEMENTWISE", "REDUCTIONS", "DEFAULT_FUSIBLE", "FOLD_MAX_SIZE", "CALL_PRIMITIVES"]
+           "ELEMENTWISE", "REDUCTIONS", "DEFAULT_FUSIBLE", "FOLD_MAX_SIZE", "CALL_PRIMITIVES",
+           "sink_scan_accumulators"]
 
 # Elementwise primitives (by name) a fused kernel may contain, and the reductions that may end
 # one. Back ends pass the subset they can generate code for.
@@ -160,6 +161,13 @@ def _operand_key(v):
         val = v.val
         return ("lit", type(val), np.asarray(val).dtype.str, repr(val), v.aval.weak_type)
     return v
+
+
+_COMMUTATIVE = frozenset({"add", "mul", "max", "min", "eq", "ne", "and", "or"})
+
+
+def _order_key(k):
+    return (1, repr(k)) if isinstance(k, tuple) else (0, id(k))
 
 
 def _has_subjaxpr(eqn):
@@ -315,7 +323,11 @@ def simplify(jaxpr: Jaxpr, consts):
         if not effectful:
             pkey = _params_key(eqn.params)
             if pkey is not None:
-                key = (prim, tuple(_operand_key(v) for v in invars), pkey)
+                okeys = tuple(_operand_key(v) for v in invars)
+                if prim.name in _COMMUTATIVE and len(okeys) == 2:
+                    # x*y and y*x are one value (AD's product rule emits both orders).
+                    okeys = tuple(sorted(okeys, key=_order_key))
+                key = (prim, okeys, pkey)
                 prev = cse.get(key)
                 if prev is not None:
                     for v, p in zip(eqn.outvars, prev):
@@ -569,3 +581,153 @@ def last_uses(steps, outvars):
         if not _is_lit(v):
             last[v] = len(steps)
     return last
+
+
+# ---------------------------------------------------------------------------------------------
+# Scan accumulators
+
+
+def sink_scan_accumulators(jaxpr: Jaxpr, consts):
+    """Move the accumulations of ``scan`` bodies out of the loop.
+
+    A carry ``c`` that a body only ever updates as ``c + d`` (the gradient of a weight shared
+    by every step is the typical one) ends as ``init + sum_t d_t``. When ``d`` is a
+    ``dot_general`` of two per-step values, the sum over steps is one ``dot_general`` of their
+    stacks contracting the step axis too (one large GEMM instead of ``length`` small ones);
+    when ``d`` is a ``reduce_sum`` or anything else, its operand is stacked and reduced once
+    after the loop. The per-step values become extra stacked outputs of the scan (or are the
+    scan's own ``xs``). Returns (jaxpr, consts); programs without such scans are unchanged.
+    The sum is taken in a different order than the loop's, so results match to rounding."""
+    if not any(e.primitive.name == "scan" for e in jaxpr.eqns):
+        return jaxpr, consts
+    eqns = []
+    changed = False
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "scan":
+            new = _sink_one(eqn)
+            if new is not None:
+                eqns.extend(new)
+                changed = True
+                continue
+        eqns.append(eqn)
+    if not changed:
+        return jaxpr, consts
+    return Jaxpr(jaxpr.constvars, jaxpr.invars, jaxpr.outvars, eqns), consts
+
+
+def _sink_one(eqn):
+    from .. import lax
+    p = eqn.params
+    closed = p["jaxpr"]
+    body, bconsts = inline_calls(closed.jaxpr, closed.consts)
+    body, bconsts = simplify(body, bconsts)
+    nc, nk, length = p["num_consts"], p["num_carry"], p["length"]
+    if length == 0 or len(body.invars) != len(closed.jaxpr.invars):
+        return None
+    b_in = body.invars
+    consts_in, carry_in, xs_in = b_in[:nc], b_in[nc:nc + nk], b_in[nc + nk:]
+    carry_out = body.outvars[:nk]
+    uses = {}
+    for e in body.eqns:
+        for v in e.invars:
+            if not _is_lit(v):
+                uses.setdefault(v, []).append(e)
+    out_count = {}
+    for v in body.outvars:
+        if not _is_lit(v):
+            out_count[v] = out_count.get(v, 0) + 1
+    producer = {v: e for e in body.eqns for v in e.outvars}
+    invariant = set(consts_in) | set(body.constvars)
+    # Loop-invariant values: computed from consts only.
+    for e in body.eqns:
+        if all(_is_lit(v) or v in invariant for v in e.invars):
+            invariant.update(e.outvars)
+    sinks = {}  # carry index -> (add eqn, term var)
+    for j, (cin, cout) in enumerate(zip(carry_in, carry_out)):
+        if _is_lit(cout) or cin.aval.dtype.kind not in "fc":
+            continue
+        u = uses.get(cin, [])
+        if len(u) != 1 or out_count.get(cin, 0) or out_count.get(cout, 0) != 1:
+            continue
+        e = u[0]
+        if e.primitive.name != "add" or e.outvars[0] is not cout or cout in uses:
+            continue
+        d = e.invars[1] if e.invars[0] is cin else e.invars[0]
+        if _is_lit(d) or d is cin or d.aval.shape != cin.aval.shape or \
+                d.aval.dtype != cin.aval.dtype or d in invariant:
+            continue
+        sinks[j] = (e, d)
+    if not sinks:
+        return None
+    new_ys = []        # body vars stacked as extra outputs
+    stacked = {}       # body var -> outer var holding its stack
+
+    def stack_of(v):
+        if v in stacked:
+            return stacked[v]
+        if v in xs_in:
+            outer = eqn.invars[nc + nk + xs_in.index(v)]
+            if _is_lit(outer):
+                return None
+        else:
+            outer = Var(core.ShapedArray((length,) + tuple(v.aval.shape), v.aval.dtype))
+            new_ys.append((v, outer))
+        stacked[v] = outer
+        return outer
+
+    post = []
+    src = eqn.source_info
+    drop = set()
+    for j, (add_eqn, d) in sinks.items():
+        outer_out = eqn.outvars[j]
+        init = eqn.invars[nc + j]
+        drop.add(j)
+        if type(outer_out) is core.DropVar:
+            continue
+        total = Var(d.aval.update(weak_type=False) if hasattr(d.aval, "update") else d.aval)
+        pe = producer.get(d)
+        done = False
+        if pe is not None and pe.primitive.name == "dot_general" and \
+                len(uses.get(d, [])) == 1 and d not in out_count:
+            a, b = pe.invars
+            (lc, rc), (lb, rb) = pe.params["dimension_numbers"]
+            if not lb and not _is_lit(a) and not _is_lit(b) and \
+                    a not in invariant and b not in invariant:
+                sa, sb = stack_of(a), stack_of(b)
+                if sa is not None and sb is not None:
+                    dn = (((0,) + tuple(c + 1 for c in lc), (0,) + tuple(c + 1 for c in rc)),
+                          ((), ()))
+                    post.append(JaxprEqn(pe.primitive, [sa, sb],
+                                         dict(pe.params, dimension_numbers=dn), [total], src))
+                    done = True
+        if not done and pe is not None and pe.primitive.name == "reduce_sum" and \
+                len(uses.get(d, [])) == 1 and d not in out_count and \
+                not _is_lit(pe.invars[0]) and pe.invars[0] not in invariant:
+            sx = stack_of(pe.invars[0])
+            if sx is not None:
+                axes = (0,) + tuple(a + 1 for a in pe.params["axes"])
+                post.append(JaxprEqn(pe.primitive, [sx], dict(axes=axes), [total], src))
+                done = True
+        if not done:
+            sd = stack_of(d)
+            if sd is None:
+                return None
+            post.append(JaxprEqn(lax.reduce_sum_p, [sd], dict(axes=(0,)), [total], src))
+        post.append(JaxprEqn(lax.add_p, [init, total], {}, [outer_out], src))
+    keep = [j for j in range(nk) if j not in drop]
+    dropped_adds = {id(sinks[j][0]) for j in drop}
+    new_body_eqns = [e for e in body.eqns if id(e) not in dropped_adds]
+    new_invars = list(consts_in) + [carry_in[j] for j in keep] + list(xs_in)
+    new_outvars = [carry_out[j] for j in keep] + list(body.outvars[nk:]) + \
+        [v for v, _ in new_ys]
+    nb = Jaxpr(body.constvars, new_invars, new_outvars, new_body_eqns)
+    nb, _ = dce_jaxpr(nb)
+    linear = tuple(p.get("linear", (False,) * len(eqn.invars)))
+    new_linear = linear[:nc] + tuple(linear[nc + j] for j in keep) + linear[nc + nk:]
+    params = dict(p, jaxpr=core.ClosedJaxpr(nb, bconsts), num_carry=len(keep),
+                  linear=new_linear)
+    invars = list(eqn.invars[:nc]) + [eqn.invars[nc + j] for j in keep] + \
+        list(eqn.invars[nc + nk:])
+    outvars = [eqn.outvars[j] for j in keep] + list(eqn.outvars[nk:]) + \
+        [o for _, o in new_ys]
+    return [eqn._replace(invars=invars, outvars=outvars, params=params)] + post

@@ -1,0 +1,920 @@
+"""The CUDA back end: a jaxpr becomes a driver launching numba-cuda kernels on device arrays.
+
+``lower(closed)`` runs the shared passes of ``plan.py`` (inline, simplify, fuse) and then, per
+step:
+
+* every fused ``Cluster`` (an elementwise chain with its broadcasts, possibly ended by
+  reductions over one set of axes) becomes ONE ``numba.cuda`` kernel, in one of three shapes:
+  - ``map``: a grid-stride loop over the (coalesced) iteration space, broadcast operands read
+    through size-1 views, never materialised;
+  - ``rows``: one thread per kept output element, looping over the reduced elements (many
+    small reductions: softmax rows, a bias gradient);
+  - ``blocks``: one or more thread blocks per kept element, each thread accumulating a strided
+    share and the block combining through shared memory; a second, tiny reduction over the
+    per-block partials runs on the array library (few large reductions: a loss, W4's sum).
+  Full-shape values that escape the cluster are written by the same kernel.
+* ``dot_general`` (and convolution, and everything else) runs its primitive's impl on the
+  device arrays: the impls go through the arrays' namespace, so on a GPU that is CuPy (cuBLAS
+  for ``dot_general``, with transposes folded into ``matmul``);
+* ``scan``/``while``/``cond`` bodies are lowered once to this back end and looped from Python
+  with the loop state on the device (the only host round trip is a while loop's predicate).
+
+Kernel source is canonical (sizes are arguments) and written, like the CPU back end's, to a
+module file in the cache dir (``cache.py``), keyed by a hash of the source which names its
+target (``sm_XY`` or the simulator); on a real GPU numba-cuda's ``cache=True`` keeps the
+compiled code next to it. ``generated_kernels`` records every kernel this process generated,
+and ``compile_ptx(spec)`` compiles one for a real GPU (cc 9.0 by default) without needing one,
+which is how the test suite type-checks kernels that it can only run in the simulator.
+
+Runtime modes: ``"sim"`` when numba's simulator is on (``NUMBA_ENABLE_CUDASIM=1``: device
+arrays are ``SimulatedGpuArray``, numpy stands in for CuPy), ``"gpu"`` when CuPy sees a GPU;
+otherwise lowering with a runtime raises and only ``generate`` (code generation) is available.
+
+>>> import functrax, functrax.numpy as fnp
+>>> from functrax.lowering import cuda
+>>> prog = cuda.generate(functrax.make_jaxpr(lambda x: fnp.sum(fnp.sin(x) * 2.0))(fnp.ones(8)))
+>>> [k.style for k in prog.kernels]
+['blocks']
+"""
+from __future__ import annotations
+
+import functools
+import os
+import threading
+
+import numpy as np
+
+from .. import core
+from ..core import Literal
+from . import cache, plan
+from .plan import Cluster, OpStep
+
+__all__ = ["lower", "generate", "Program", "KernelSpec", "Executable", "Target",
+           "compile_ptx", "generated_kernels", "runtime", "lowering_rules", "can_fuse",
+           "BLOCKS_MIN_REDUCED", "ROWS_MIN_KEPT"]
+
+# A reduction whose reduced extent is at least this many elements is done by whole thread
+# blocks unless there are already this many kept outputs to give one to each thread.
+BLOCKS_MIN_REDUCED = int(os.environ.get("FUNCTRAX_CUDA_BLOCKS_MIN_REDUCED", 256))
+ROWS_MIN_KEPT = int(os.environ.get("FUNCTRAX_CUDA_ROWS_MIN_KEPT", 8192))
+
+# Every kernel generated in this process (KernelSpec), for PTX checks and inspection.
+generated_kernels: list = []
+
+# name -> rule(eqn, lower_sub, rt) returning a callable taking the equation's inputs and
+# returning the list of its outputs.
+lowering_rules: dict = {}
+
+_DTYPES = {np.dtype(t) for t in (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8,
+                                 np.uint16, np.uint32, np.uint64, np.float32, np.float64)}
+_FLOAT_ONLY = {"div", "rem", "pow", "exp", "log", "expm1", "log1p", "sin", "cos", "tanh",
+               "sqrt", "logistic", "floor"}
+
+
+def _dt(dt):
+    dt = np.dtype(dt)
+    return "bool_" if dt == np.bool_ else dt.name
+
+
+# ---------------------------------------------------------------------------------------------
+# Targets and the runtime
+
+
+class Target:
+    """What the generated source depends on: threads per block, the grid cap, and the name of
+    the architecture (part of the source, hence of the cache key)."""
+
+    __slots__ = ("tpb", "max_blocks", "arch")
+
+    def __init__(self, tpb=256, max_blocks=4096, arch="sm_90"):
+        self.tpb, self.max_blocks, self.arch = int(tpb), int(max_blocks), arch
+
+    def __repr__(self):
+        return f"Target(tpb={self.tpb}, max_blocks={self.max_blocks}, arch={self.arch!r})"
+
+
+# The simulator runs every thread as a Python thread: small blocks and few of them.
+SIM_TARGET = Target(tpb=16, max_blocks=4, arch="simulator")
+
+
+class _Runtime:
+    """Where executables run: ``mode`` 'sim' or 'gpu', ``xp`` the array module (numpy or
+    CuPy) and the ``Target`` kernels are generated for."""
+
+    def __init__(self, mode, xp, target):
+        self.mode, self.xp, self.target = mode, xp, target
+        self.sim = mode == "sim"
+        if self.sim:
+            from ..devices import SimulatedGpuArray
+            self._sim_cls = SimulatedGpuArray
+
+    def to_device(self, x):
+        """An input as a device array (Python numbers stay numbers: impls keep them weak)."""
+        t = type(x)
+        if t is float or t is int or t is bool or t is complex:
+            return x
+        if self.sim:
+            return np.asarray(x)
+        if type(x).__module__.startswith("cupy"):
+            return x
+        return self.xp.asarray(x)
+
+    def array_arg(self, x, dtype, shape):
+        """``x`` as a C-contiguous device array of ``dtype`` and ``shape`` for a kernel."""
+        xp = self.xp
+        if not hasattr(x, "shape") or getattr(x, "dtype", None) != dtype:
+            x = xp.asarray(x, dtype=dtype)
+        if not x.flags.c_contiguous:
+            x = xp.ascontiguousarray(x)
+        if self.sim and not x.flags.writeable:
+            # The simulator copies every array argument back after a launch, inputs included.
+            x = x.copy()
+        return x.reshape(shape)
+
+    def wrap_out(self, x):
+        if self.sim:
+            if type(x) is self._sim_cls:
+                return x
+            return np.asarray(x).view(self._sim_cls)
+        if not type(x).__module__.startswith("cupy"):
+            return self.xp.asarray(x)
+        return x
+
+
+_rt = None
+_rt_lock = threading.Lock()
+
+
+def runtime():
+    """The process's CUDA runtime (simulator or GPU); raises RuntimeError when neither."""
+    global _rt
+    if _rt is not None:
+        return _rt
+    with _rt_lock:
+        if _rt is None:
+            from .. import devices
+            if devices.simulator_enabled():
+                _rt = _Runtime("sim", np, SIM_TARGET)
+            elif devices.gpu_available():
+                import cupy
+                # CuPy spells the compute capability as a string of digits, e.g. "90".
+                major, minor = divmod(int(cupy.cuda.Device().compute_capability), 10)
+                _rt = _Runtime("gpu", cupy, Target(arch=f"sm_{major}{minor}"))
+            else:
+                raise RuntimeError(
+                    "jit(backend='cuda'): no CUDA device: CuPy is not installed or sees no "
+                    "GPU. Install the 'cuda' extra on a machine with an NVIDIA GPU, or set "
+                    "NUMBA_ENABLE_CUDASIM=1 before starting Python to run the kernels in "
+                    "numba's CUDA simulator")
+    return _rt
+
+
+# ---------------------------------------------------------------------------------------------
+# What may be fused
+
+
+def can_fuse(eqn):
+    """Whether the CUDA kernel generator handles ``eqn`` (dtypes and operations)."""
+    avals = [v.aval for v in eqn.invars] + [v.aval for v in eqn.outvars]
+    if any(a.dtype not in _DTYPES for a in avals):
+        return False
+    name = eqn.primitive.name
+    out_dt = eqn.outvars[0].aval.dtype
+    if name in _FLOAT_ONLY and out_dt.kind != "f":
+        return False
+    if name in ("add", "sub", "mul", "neg", "max", "min", "abs", "sign") and out_dt.kind == "b":
+        return False
+    if name in plan.REDUCTIONS and out_dt.kind == "b":
+        return False
+    if name == "select_n" and eqn.invars[0].aval.dtype.kind == "b" and len(eqn.invars) != 3:
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# Scalar code
+
+# Module prelude of every kernel file. The same source runs on the GPU and in the simulator:
+# on the GPU the math functions are CUDA's (NaN/inf on domain errors); in the simulator they
+# are numpy's scalar functions, which behave the same way (Python's math module would raise).
+_PRELUDE = '''\
+import math as _m
+import numpy as _np
+from numba import cuda as _cuda, config as _nbcfg
+
+_SIM = bool(_nbcfg.ENABLE_CUDASIM)
+if _SIM:
+    _exp, _log, _expm1, _log1p = _np.exp, _np.log, _np.expm1, _np.log1p
+    _sin, _cos, _tanh, _sqrt, _fmod = _np.sin, _np.cos, _np.tanh, _np.sqrt, _np.fmod
+else:
+    _exp, _log, _expm1, _log1p = _m.exp, _m.log, _m.expm1, _m.log1p
+    _sin, _cos, _tanh, _sqrt, _fmod = _m.sin, _m.cos, _m.tanh, _m.sqrt, _m.fmod
+
+_INF = _np.float64(_np.inf)
+_NINF = _np.float64(-_np.inf)
+
+
+@_cuda.jit(device=True, inline=True)
+def _fmax(a, b):
+    if a != a or a > b:
+        return a
+    return b
+
+
+@_cuda.jit(device=True, inline=True)
+def _fmin(a, b):
+    if a != a or a < b:
+        return a
+    return b
+
+
+@_cuda.jit(device=True, inline=True)
+def _floor(a):
+    # floor is the identity on NaN, infinities and floats too large to have a fraction.
+    if a != a or abs(a) >= 4503599627370496.0:
+        return a
+    return _m.floor(a)
+
+
+# Constants are typed: an untyped 1 next to a float32 makes numba compute in float64.
+@_cuda.jit(device=True, inline=True)
+def _logistic32(a):
+    e = _np.float32(_exp(-abs(a)))
+    one = _np.float32(1)
+    if a >= 0:
+        return one / (one + e)
+    return e / (one + e)
+
+
+@_cuda.jit(device=True, inline=True)
+def _logistic64(a):
+    e = _np.float64(_exp(-abs(a)))
+    one = _np.float64(1)
+    if a >= 0:
+        return one / (one + e)
+    return e / (one + e)
+'''
+
+
+def _cast(expr, src, dst):
+    src, dst = np.dtype(src), np.dtype(dst)
+    if src == dst:
+        return expr
+    if dst.kind == "b":
+        return f"({expr} != 0)"
+    return f"_np.{_dt(dst)}({expr})"
+
+
+def _typed(expr, dt):
+    """Every value is pinned to its jaxpr dtype: numba widens mixed and integer arithmetic."""
+    dt = np.dtype(dt)
+    return expr if dt.kind == "b" else f"_np.{_dt(dt)}({expr})"
+
+
+def _promoted(avals):
+    from .. import dtypes
+    return dtypes.promote_avals_dtype(avals)[0]
+
+
+_BIN = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
+_CMP = {"eq": "==", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}
+_UNARY = {"exp": "_exp", "log": "_log", "expm1": "_expm1", "log1p": "_log1p", "sin": "_sin",
+          "cos": "_cos", "tanh": "_tanh", "sqrt": "_sqrt", "floor": "_floor"}
+
+
+def _scalar_expr(eqn, args, in_avals):
+    name = eqn.primitive.name
+    out = eqn.outvars[0].aval.dtype
+    conv = [_cast(a, av.dtype, out) for a, av in zip(args, in_avals)]
+    if name in _BIN:
+        return _typed(f"{conv[0]} {_BIN[name]} {conv[1]}", out)
+    if name == "rem":
+        return _typed(f"_fmod({conv[0]}, {conv[1]})", out)
+    if name == "neg":
+        return _typed(f"-{conv[0]}", out)
+    if name in ("max", "min"):
+        fn = f"_f{name}" if out.kind == "f" else name
+        return _typed(f"{fn}({conv[0]}, {conv[1]})", out)
+    if name == "pow":
+        return _typed(f"{conv[0]} ** {conv[1]}", out)
+    if name == "integer_pow":
+        y = int(eqn.params["y"])
+        if y == 0:
+            return f"_np.{_dt(out)}(1)"
+        k = abs(y)
+        body = "*".join([conv[0]] * k) if k <= 4 else f"{conv[0]} ** {k}"
+        if y < 0:
+            return _typed(f"_np.{_dt(out)}(1) / _np.{_dt(out)}({body})", out)
+        return _typed(body, out)
+    if name in _UNARY:
+        return _typed(f"{_UNARY[name]}({conv[0]})", out)
+    if name == "logistic":
+        return f"_logistic{out.itemsize * 8}({conv[0]})"
+    if name == "sign":
+        one = f"_np.{_dt(out)}(1)"
+        zero_or_nan = conv[0] if out.kind == "f" else f"_np.{_dt(out)}(0)"
+        neg = f"_np.{_dt(out)}(-1)" if out.kind != "u" else zero_or_nan
+        return f"({one} if {conv[0]} > 0 else ({neg} if {conv[0]} < 0 else {zero_or_nan}))"
+    if name == "abs":
+        return _typed(f"abs({conv[0]})", out)
+    if name in _CMP:
+        pd = _promoted(in_avals)
+        a = [_cast(x, av.dtype, pd) for x, av in zip(args, in_avals)]
+        return f"({a[0]} {_CMP[name]} {a[1]})"
+    if name in ("and", "or", "not"):
+        if out.kind == "b":
+            return {"and": f"({conv[0]} and {conv[1]})", "or": f"({conv[0]} or {conv[1]})",
+                    "not": f"(not {conv[0]})"}[name]
+        return _typed({"and": f"{conv[0]} & {conv[1]}", "or": f"{conv[0]} | {conv[1]}",
+                       "not": f"~{conv[0]}"}[name], out)
+    if name == "select_n":
+        which = args[0]
+        cases = [_cast(c, av.dtype, out) for c, av in zip(args[1:], in_avals[1:])]
+        if in_avals[0].dtype.kind == "b":
+            return f"({cases[1]} if {which} else {cases[0]})"
+        expr = cases[-1]
+        for i in range(len(cases) - 2, -1, -1):
+            expr = f"({cases[i]} if {which} == {i} else {expr})"
+        return expr
+    if name == "convert_element_type":
+        return _cast(args[0], in_avals[0].dtype, eqn.params["new_dtype"])
+    raise AssertionError(f"cuda: no kernel code for {name}")  # can_fuse keeps this unreachable
+
+
+def _literal_src(val, dtype):
+    dtype = np.dtype(dtype)
+    v = np.asarray(val).astype(dtype)[()]
+    if dtype.kind == "f":
+        return f"_np.{_dt(dtype)}(float.fromhex('{float(v).hex()}'))"
+    if dtype.kind == "b":
+        return "True" if bool(v) else "False"
+    return f"_np.{_dt(dtype)}({int(v)})"
+
+
+# ---------------------------------------------------------------------------------------------
+# Kernels
+
+
+class KernelSpec:
+    """One generated kernel: its module ``source``, its ``style`` and argument types
+    (``("size",)``, ``("array", dtype name, ndim)``) for compiling it ahead of time."""
+
+    __slots__ = ("source", "style", "arg_types", "summary")
+
+    def __init__(self, source, style, arg_types, summary):
+        self.source, self.style, self.arg_types, self.summary = source, style, arg_types, summary
+
+    def module(self):
+        return cache.load_module(self.source)[0]
+
+    def numba_signature(self):
+        from numba import types
+        from numba.np.numpy_support import from_dtype
+        sig = []
+        for a in self.arg_types:
+            if a[0] == "size":
+                sig.append(types.int64)
+            else:
+                sig.append(types.Array(from_dtype(np.dtype(a[1])), a[2], "C"))
+        return tuple(sig)
+
+    def __repr__(self):
+        return f"KernelSpec({self.style}, {self.summary})"
+
+
+def compile_ptx(spec, cc=(9, 0)):
+    """Compile a generated kernel to PTX for compute capability ``cc`` (no GPU needed)."""
+    from numba import cuda
+    ptx, _ = cuda.compile_ptx(spec.module().kernel, spec.numba_signature(), cc=cc)
+    return ptx
+
+
+def _coalesce(cluster):
+    """Merge adjacent dims that every load and reduction treats alike; drop size-1 dims.
+    Returns (groups: original dims per loop dim, loop_shape)."""
+    shape = cluster.shape
+    red = [set(e.params["axes"]) for e in cluster.eqns if e.primitive.name in plan.REDUCTIONS]
+
+    def sig(d):
+        return (tuple(view[d] == 1 for _, view in cluster.loads),
+                tuple(d in r for r in red))
+
+    groups = []
+    for d in range(len(shape)):
+        if shape[d] == 1:
+            continue
+        if groups and sig(groups[-1][-1]) == sig(d):
+            groups[-1].append(d)
+        else:
+            groups.append([d])
+    if not groups:
+        return [[]], (1,)
+    return groups, tuple(int(np.prod([shape[d] for d in g], dtype=np.int64)) for g in groups)
+
+
+def _view_in_loop(view, groups):
+    return tuple(int(np.prod([view[d] for d in g], dtype=np.int64)) for g in groups)
+
+
+def _reduction_axes(cluster):
+    """The one axis set every reduction of the cluster uses, () when none; None when the
+    reductions disagree (then the cluster is not generated as one kernel)."""
+    sets = {tuple(sorted(e.params["axes"])) for e in cluster.eqns
+            if e.primitive.name in plan.REDUCTIONS}
+    if not sets:
+        return ()
+    return sets.pop() if len(sets) == 1 else None
+
+
+def _acc_dtype(name, dt):
+    if name == "reduce_sum":
+        return np.dtype(np.float64) if dt.kind == "f" else (
+            np.dtype(np.int64) if dt.kind == "i" else np.dtype(np.uint64))
+    return dt
+
+
+def _acc_init(name, dt, acc):
+    if name == "reduce_sum":
+        return f"_np.{_dt(acc)}(0)"
+    if dt.kind == "f":
+        return f"_np.{_dt(acc)}({'_NINF' if name == 'reduce_max' else '_INF'})"
+    info = np.iinfo(dt)
+    return f"_np.{_dt(acc)}({info.min if name == 'reduce_max' else info.max})"
+
+
+def _combine(name, dt, a, b, acc):
+    if name == "reduce_sum":
+        return f"{a} + {b}"
+    if dt.kind == "f":
+        return f"_f{name[7:]}({a}, {b})"
+    return f"{name[7:]}({a}, {b})"
+
+
+def _choose_style(nk, nr, has_red):
+    if not has_red:
+        return "map"
+    if nr >= BLOCKS_MIN_REDUCED and nk < ROWS_MIN_KEPT:
+        return "blocks"
+    return "rows"
+
+
+def _decompose(var, dims, sizes, lines, ind):
+    """Lines setting i<d> for each loop dim in ``dims`` from the flat row-major ``var``."""
+    if not dims:
+        return
+    if len(dims) == 1:
+        lines.append(f"{ind}i{dims[0]} = {var}")
+        return
+    lines.append(f"{ind}t_ = {var}")
+    for d in reversed(dims[1:]):
+        lines.append(f"{ind}i{d} = t_ % n{d}")
+        lines.append(f"{ind}t_ = t_ // n{d}")
+    lines.append(f"{ind}i{dims[0]} = t_")
+
+
+def _kernel_source(cluster, groups, loop_shape, red_loop, style, target):
+    """(source, arg plan, arg types, reductions) of the kernel for ``cluster``."""
+    m = len(loop_shape)
+    kept = [k for k in range(m) if k not in red_loop]
+    params = [f"n{k}" for k in range(m)]
+    arg_types = [("size",)] * m
+    plan_ = []            # ("load", li, view) | ("out", var) | ("red", r)
+    consts = []
+    load_expr = {}
+    for li, (op, view) in enumerate(cluster.loads):
+        if type(op) is Literal:
+            c = f"_c{len(consts)}"
+            consts.append(f"{c} = {_literal_src(op.val, op.aval.dtype)}")
+            load_expr[li] = c
+            continue
+        lv = _view_in_loop(view, groups)
+        sub = ", ".join(f"i{k}" if lv[k] != 1 else "0" for k in range(m))
+        load_expr[li] = f"l{li}[{sub}]"
+        params.append(f"l{li}")
+        arg_types.append(("array", _dt(op.aval.dtype), m))
+        plan_.append(("load", li, lv))
+    names, body, reds = {}, [], []
+    for j, eqn in enumerate(cluster.eqns):
+        name = eqn.primitive.name
+        ov = eqn.outvars[0]
+        if name == "broadcast_in_dim" and ov in cluster.value_load:
+            names[ov] = load_expr[cluster.value_load[ov]]
+            continue
+        args = []
+        for v in eqn.invars:
+            kind, ref = cluster.operand_ref(v)
+            args.append(names[ref] if kind == "val" else load_expr[ref])
+        if name in plan.REDUCTIONS:
+            dt = ov.aval.dtype
+            acc = _acc_dtype(name, dt)
+            reds.append((ov, name, dt, acc, _cast(args[0], eqn.invars[0].aval.dtype, acc)))
+            continue
+        body.append(f"v{j} = {_scalar_expr(eqn, args, [v.aval for v in eqn.invars])}")
+        names[ov] = f"v{j}"
+    full_idx = ", ".join(f"i{k}" for k in range(m))
+    for oi, v in enumerate(cluster.outputs):
+        if v in cluster.reduce_outs:
+            continue
+        params.append(f"o{oi}")
+        arg_types.append(("array", _dt(v.aval.dtype), m))
+        plan_.append(("out", v))
+        body.append(f"o{oi}[{full_idx}] = {names[v]}")
+    for r, (ov, name, dt, acc, val) in enumerate(reds):
+        params.append(f"r{r}")
+        arg_types.append(("array", _dt(acc), 2 if style == "blocks" else 1))
+        plan_.append(("red", r))
+        body.append(f"acc{r} = {_combine(name, dt, f'acc{r}', val, acc)}")
+    nk = " * ".join(f"n{k}" for k in kept) or "1"
+    nr = " * ".join(f"n{k}" for k in red_loop) or "1"
+    L = ["def kernel(" + ", ".join(params + (["nb"] if style == "blocks" else [])) + "):"]
+    if style == "blocks":
+        arg_types.append(("size",))
+    ind = "    "
+    if style == "map":
+        L.append(f"{ind}for kk in range(_cuda.grid(1), {nk}, _cuda.gridsize(1)):")
+        _decompose("kk", kept, loop_shape, L, ind * 2)
+        L += [ind * 2 + b for b in body]
+    elif style == "rows":
+        L.append(f"{ind}nr = {nr}")
+        L.append(f"{ind}for kk in range(_cuda.grid(1), {nk}, _cuda.gridsize(1)):")
+        for r, (_, name, dt, acc, _) in enumerate(reds):
+            L.append(f"{ind * 2}acc{r} = {_acc_init(name, dt, acc)}")
+        _decompose("kk", kept, loop_shape, L, ind * 2)
+        L.append(f"{ind * 2}for rr in range(nr):")
+        _decompose("rr", red_loop, loop_shape, L, ind * 3)
+        L += [ind * 3 + b for b in body]
+        for r in range(len(reds)):
+            L.append(f"{ind * 2}r{r}[kk] = acc{r}")
+    else:
+        tpb = target.tpb
+        L += [f"{ind}kk = _cuda.blockIdx.x // nb", f"{ind}c = _cuda.blockIdx.x % nb",
+              f"{ind}tid = _cuda.threadIdx.x", f"{ind}nr = {nr}"]
+        for r, (_, name, dt, acc, _) in enumerate(reds):
+            L.append(f"{ind}acc{r} = {_acc_init(name, dt, acc)}")
+        _decompose("kk", kept, loop_shape, L, ind)
+        L.append(f"{ind}for rr in range(c * {tpb} + tid, nr, nb * {tpb}):")
+        _decompose("rr", red_loop, loop_shape, L, ind * 2)
+        L += [ind * 2 + b for b in body]
+        for r, (_, name, dt, acc, _) in enumerate(reds):
+            L += [f"{ind}sh{r} = _cuda.shared.array({tpb}, _np.{_dt(acc)})",
+                  f"{ind}sh{r}[tid] = acc{r}"]
+        L += [f"{ind}_cuda.syncthreads()", f"{ind}s = {tpb // 2}", f"{ind}while s > 0:",
+              f"{ind * 2}if tid < s:"]
+        for r, (_, name, dt, acc, _) in enumerate(reds):
+            L.append(f"{ind * 3}sh{r}[tid] = "
+                     f"{_combine(name, dt, f'sh{r}[tid]', f'sh{r}[tid + s]', acc)}")
+        L += [f"{ind * 2}_cuda.syncthreads()", f"{ind * 2}s = s // 2", f"{ind}if tid == 0:"]
+        for r in range(len(reds)):
+            L.append(f"{ind * 2}r{r}[kk, c] = sh{r}[0]")
+    src = (f"# functrax CUDA kernel, target {target.arch}, {target.tpb} threads per block\n"
+           + _PRELUDE + "\n" + "".join(c + "\n" for c in consts) + "\n\n" + "\n".join(L) + "\n")
+    return src, plan_, tuple(arg_types), reds
+
+
+class _KernelStep:
+    """A cluster lowered to one kernel launch (and, for 'blocks', a final partial reduction)."""
+
+    def __init__(self, cluster, target):
+        groups, loop_shape = _coalesce(cluster)
+        axes = _reduction_axes(cluster)
+        red_loop = [k for k, g in enumerate(groups) if any(d in axes for d in g)]
+        kept = [k for k in range(len(loop_shape)) if k not in red_loop]
+        nk = int(np.prod([loop_shape[k] for k in kept], dtype=np.int64))
+        nr = int(np.prod([loop_shape[k] for k in red_loop], dtype=np.int64))
+        has_red = bool(cluster.reduce_outs)
+        self.style = style = _choose_style(nk, nr, has_red)
+        src, self.plan, arg_types, self.reds = _kernel_source(
+            cluster, groups, loop_shape, red_loop, style, target)
+        self.cluster = cluster
+        self.loop_shape = loop_shape
+        self.nk, self.nr = nk, nr
+        tpb = target.tpb
+        if style == "blocks":
+            # Enough blocks to fill the GPU, each thread still summing several elements.
+            self.nb = max(1, min(-(-nr // (tpb * 4)), max(1, target.max_blocks // max(nk, 1))))
+            self.grid = nk * self.nb
+        else:
+            self.nb = 1
+            self.grid = max(1, min(-(-nk // tpb), target.max_blocks))
+        self.block = tpb
+        summary = (f"{style} kernel {cluster.shape} loop {loop_shape} "
+                   f"{[str(e.primitive) for e in cluster.eqns]}")
+        self.spec = KernelSpec(src, style, arg_types, summary)
+        generated_kernels.append(self.spec)
+        self._launcher = None
+
+    # -- running ----------------------------------------------------------------------------
+
+    def bind(self, rt):
+        """The launch callable (numba.cuda dispatcher configured for this grid)."""
+        if self._launcher is None:
+            mod = self.spec.module()
+            disp = mod.__dict__.get("_functrax_dispatcher")
+            if disp is None:
+                from numba import cuda
+                disp = cuda.jit(mod.kernel) if rt.sim else cuda.jit(cache=True)(mod.kernel)
+                mod._functrax_dispatcher = disp
+            self._launcher = disp[self.grid, self.block]
+        return self._launcher
+
+    def run(self, rt, env):
+        xp = rt.xp
+        launch = self.bind(rt)
+        args = list(self.loop_shape)
+        outs = []
+        for item in self.plan:
+            if item[0] == "load":
+                op, _ = self.cluster.loads[item[1]]
+                args.append(rt.array_arg(env[op], op.aval.dtype, item[2]))
+            elif item[0] == "out":
+                v = item[1]
+                buf = xp.empty(self.loop_shape, v.aval.dtype)
+                args.append(buf)
+                outs.append((v, buf))
+            else:
+                r = item[1]
+                shape = (self.nk, self.nb) if self.style == "blocks" else (self.nk,)
+                buf = xp.empty(shape, self.reds[r][3])
+                args.append(buf)
+                outs.append((self.reds[r][0], buf))
+        if self.style == "blocks":
+            args.append(self.nb)
+        if rt.sim:
+            with np.errstate(all="ignore"):
+                launch(*args)
+        else:
+            launch(*args)
+        for v, buf in outs:
+            if v in self.cluster.reduce_outs:
+                name, dt = next((n, d) for ov, n, d, _, _ in self.reds if ov is v)
+                if self.style == "blocks":
+                    if self.nb == 1:
+                        buf = buf.reshape(self.nk)
+                    else:
+                        red = {"reduce_sum": xp.sum, "reduce_max": xp.max,
+                               "reduce_min": xp.min}[name]
+                        buf = red(buf, axis=1)
+                if buf.dtype != dt:
+                    buf = buf.astype(dt)
+            env[v] = buf.reshape(v.aval.shape)
+
+
+class _UnfusedStep:
+    """A cluster the kernel generator does not take (reductions over different axes): its
+    equations run one by one."""
+
+    def __init__(self, cluster, rt, lower_sub):
+        self.ops = [_OpStep(e, rt, lower_sub) for e in cluster.eqns]
+
+    def run(self, rt, env):
+        for op in self.ops:
+            op.run(rt, env)
+
+
+class _OpStep:
+    def __init__(self, eqn, rt, lower_sub):
+        self.eqn = eqn
+        rule = lowering_rules.get(eqn.primitive.name)
+        if rule is not None:
+            self.fn = rule(eqn, lower_sub, rt)
+        else:
+            prim = eqn.primitive
+            self.fn = functools.partial(prim.impl, **eqn.params) if eqn.params else prim.impl
+        self.multiple = eqn.primitive.multiple_results
+
+    def run(self, rt, env):
+        args = [_py_literal(v) if type(v) is Literal else env[v] for v in self.eqn.invars]
+        out = self.fn(*args)
+        outs = out if self.multiple else [out]
+        for v, o in zip(self.eqn.outvars, outs):
+            if type(v) is not core.DropVar:
+                env[v] = o
+
+
+def _py_literal(lit):
+    val = lit.val
+    if lit.aval.weak_type and isinstance(val, (np.generic, np.ndarray)) and np.ndim(val) == 0:
+        return np.asarray(val).item()
+    return val
+
+
+# ---------------------------------------------------------------------------------------------
+# Programs
+
+
+class Program:
+    """A lowered program before it meets a device: the simplified jaxpr, its steps and the
+    kernels generated for its clusters."""
+
+    def __init__(self, jaxpr, consts, steps, kernels):
+        self.jaxpr, self.consts, self.steps, self.kernels = jaxpr, consts, steps, kernels
+
+
+def _prepare(closed):
+    jaxpr, consts = plan.inline_calls(closed.jaxpr, closed.consts)
+    jaxpr, consts = plan.simplify(jaxpr, consts)
+    steps = plan.fuse(jaxpr, plan.DEFAULT_FUSIBLE, can_fuse)
+    return jaxpr, consts, steps
+
+
+def _kernel_worthy(cluster):
+    return _reduction_axes(cluster) is not None
+
+
+def generate(closed, target=None):
+    """Code generation only (no device needed): the ``Program`` of ``closed`` for ``target``
+    (default: a cc 9.0 GPU). Control-flow bodies are generated too, recursively."""
+    target = target or Target()
+    jaxpr, consts, steps = _prepare(closed)
+    kernels = []
+    for st in steps:
+        if isinstance(st, Cluster):
+            if _kernel_worthy(st):
+                kernels.append(_KernelStep(st, target).spec)
+        else:
+            for sub in core.subjaxprs_of_eqn(st.eqn):
+                sub_closed = sub if isinstance(sub, core.ClosedJaxpr) else \
+                    core.ClosedJaxpr(sub, [])
+                kernels += generate(sub_closed, target).kernels
+    return Program(jaxpr, consts, steps, kernels)
+
+
+class Executable:
+    """A program lowered for the runtime's device: call it with the flat inputs (host or
+    device arrays, numbers) and get the flat outputs as device arrays."""
+
+    def __init__(self, rt, jaxpr, consts, runners, summary, kernel_sources, original):
+        self.rt = rt
+        self.jaxpr = jaxpr
+        self.consts = consts
+        self.runners = runners
+        self.steps_summary = summary
+        self.kernel_sources = kernel_sources
+        self.original = original
+        self.source = "# CUDA driver: steps run in order\n" + "\n".join(
+            f"#   {s}" for s in summary) + "\n"
+        self.first_run = {}
+        self.compile_seconds = 0.0
+        self.numba_compiles = 0
+        self.numba_disk_hits = 0
+        self._invars = list(jaxpr.invars)
+        self._constenv = dict(zip(jaxpr.constvars, consts))
+        self._free = _free_lists(runners, jaxpr)
+
+    def __call__(self, *args):
+        rt = self.rt
+        env = dict(self._constenv)
+        for v, x in zip(self._invars, args):
+            env[v] = rt.to_device(x)
+        for runner, dead in zip(self.runners, self._free):
+            runner.run(rt, env)
+            for v in dead:
+                env.pop(v, None)
+        outs = []
+        for v in self.jaxpr.outvars:
+            if type(v) is Literal:
+                o = rt.xp.asarray(np.asarray(v.val, v.aval.dtype))
+            else:
+                o = env[v]
+                if v in self._constenv:
+                    o = rt.xp.array(o, copy=True)
+            if getattr(o, "dtype", None) != v.aval.dtype:
+                o = rt.xp.asarray(o, dtype=v.aval.dtype)
+            outs.append(rt.wrap_out(o))
+        return outs
+
+    fn = __call__
+
+    def as_text(self):
+        parts = ["# simplified jaxpr", str(self.jaxpr), self.source]
+        for i, src in enumerate(self.kernel_sources):
+            parts += [f"# kernel {i}", src]
+        return "\n".join(parts)
+
+
+def _step_inputs(runner):
+    if isinstance(runner, _KernelStep):
+        return [op for op, _ in runner.cluster.loads if type(op) is not Literal]
+    if isinstance(runner, _UnfusedStep):
+        return [v for op in runner.ops for v in op.eqn.invars if type(v) is not Literal]
+    return [v for v in runner.eqn.invars if type(v) is not Literal]
+
+
+def _free_lists(runners, jaxpr):
+    """Per step, the values that die after it (device memory is the scarce resource)."""
+    last = {}
+    for i, r in enumerate(runners):
+        for v in _step_inputs(r):
+            last[v] = i
+    keep = {v for v in jaxpr.outvars if type(v) is not Literal} | set(jaxpr.constvars)
+    out = [[] for _ in runners]
+    for v, i in last.items():
+        if v not in keep:
+            out[i].append(v)
+    return out
+
+
+def lower(closed, donated=(), name="jitted", sub_lowering=None):
+    """Lower a ClosedJaxpr to an ``Executable`` on the process's CUDA runtime."""
+    rt = runtime()
+    jaxpr, consts, steps = _prepare(closed)
+    lower_sub = sub_lowering or (lambda c: lower(c))
+    runners, summary, sources = [], [], []
+    for st in steps:
+        if isinstance(st, Cluster):
+            if _kernel_worthy(st):
+                k = _KernelStep(st, rt.target)
+                runners.append(k)
+                summary.append(k.spec.summary)
+                sources.append(k.spec.source)
+            else:
+                runners.append(_UnfusedStep(st, rt, lower_sub))
+                summary.append(f"unfused {st.shape} {[str(e.primitive) for e in st.eqns]}")
+        else:
+            runners.append(_OpStep(st.eqn, rt, lower_sub))
+            summary.append(f"op {st.eqn.primitive}")
+    consts = [rt.to_device(c) for c in consts]
+    exe = Executable(rt, jaxpr, consts, runners, summary, sources, closed)
+    # Build the dispatchers now (imports the kernel modules); numba-cuda compiles a kernel on
+    # its first launch, for the argument types it sees.
+    for r in runners:
+        if isinstance(r, _KernelStep):
+            r.bind(rt)
+    return exe
+
+
+# ---------------------------------------------------------------------------------------------
+# Control flow: bodies lowered once to this back end, looped with the state on the device.
+
+
+def _fit(xp, outs, avals):
+    res = []
+    for o, a in zip(outs, avals):
+        if getattr(o, "dtype", None) != a.dtype:
+            o = xp.asarray(o, dtype=a.dtype)
+        res.append(o)
+    return res
+
+
+def _plain(rt, x):
+    # Loop state as the raw device array (no per-step wrapping in the simulator).
+    return np.asarray(x) if rt.sim and isinstance(x, np.ndarray) else x
+
+
+def _scan_rule(eqn, lower_sub, rt):
+    p = eqn.params
+    body_closed = p["jaxpr"]
+    body = lower_sub(body_closed)
+    nc, nk, length, reverse = p["num_consts"], p["num_carry"], p["length"], p["reverse"]
+    carry_avals = body_closed.in_avals[nc:nc + nk]
+    y_avals = body_closed.out_avals[nk:]
+    xp = rt.xp
+
+    def run(*args):
+        consts = args[:nc]
+        carry = list(args[nc:nc + nk])
+        xs = [rt.to_device(x) for x in args[nc + nk:]]
+        ys = [xp.empty((length,) + tuple(a.shape), a.dtype) for a in y_avals]
+        for i in (range(length - 1, -1, -1) if reverse else range(length)):
+            outs = body(*consts, *carry, *[x[i] for x in xs])
+            carry = [_plain(rt, c) for c in _fit(xp, outs[:nk], carry_avals)]
+            for buf, y in zip(ys, outs[nk:]):
+                buf[i] = _plain(rt, y)
+        return carry + ys
+    return run
+
+
+def _cond_rule(eqn, lower_sub, rt):
+    branches = eqn.params["branches"]
+    subs = [lower_sub(b) for b in branches]
+    last = len(branches) - 1
+
+    def run(index, *ops):
+        i = int(index)  # one scalar to the host picks the branch
+        i = 0 if i < 0 else (last if i > last else i)
+        return _fit(rt.xp, subs[i](*ops), branches[i].out_avals)
+    return run
+
+
+def _while_rule(eqn, lower_sub, rt):
+    p = eqn.params
+    cj, bj = p["cond_jaxpr"], p["body_jaxpr"]
+    cond, body = lower_sub(cj), lower_sub(bj)
+    cn, bn, max_steps = p["cond_nconsts"], p["body_nconsts"], p["max_steps"]
+    carry_avals = bj.in_avals[bn:]
+
+    def run(*args):
+        cc, bc, carry = args[:cn], args[cn:cn + bn], list(args[cn + bn:])
+        steps = 0
+        while max_steps is None or steps < max_steps:
+            if not bool(cond(*cc, *carry)[0]):  # the predicate is the one host round trip
+                break
+            carry = [_plain(rt, c) for c in _fit(rt.xp, body(*bc, *carry), carry_avals)]
+            steps += 1
+        return carry
+    return run
+
+
+lowering_rules["scan"] = _scan_rule
+lowering_rules["cond"] = _cond_rule
+lowering_rules["while"] = _while_rule
