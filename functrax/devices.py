@@ -234,6 +234,13 @@ class _SimNumpy:
     full = _on_device(np.full)
     arange = _on_device(np.arange)
     eye = _on_device(np.eye)
+
+    class lib:  # noqa: N801 - mirrors numpy.lib / cupy.lib
+        class stride_tricks:  # noqa: N801
+            @staticmethod
+            def as_strided(x, *args, **kwargs):
+                return _to_sim(np.lib.stride_tricks.as_strided(np.asarray(x), *args, **kwargs))
+
     del _on_device
 
 
@@ -299,12 +306,13 @@ def check_same_device(op: str, args) -> None:
         elif isinstance(a, np.ndarray) and a.ndim > 0:
             host = host if host is not None else a
     if gpu is not None and host is not None:
-        raise TypeError(
+        from .core import _locate
+        raise _locate(TypeError(
             f"{op}: operands live on different devices: an array of shape {tuple(gpu.shape)} "
             f"on {device_of(gpu)} and an array of shape {tuple(host.shape)} on "
             f"{device_of(host)}. Move one explicitly: functrax.device_put(x, "
             f"functrax.devices('gpu')[0]) to bring the host array to the GPU, or "
-            f"functrax.device_get(y) to bring the GPU array to the host")
+            f"functrax.device_get(y) to bring the GPU array to the host"))
 
 
 def infer_backend(leaves):

@@ -357,3 +357,120 @@ def test_cache_keys_are_content_hashes(tmp_path, monkeypatch):
     cache.clear_memory_cache()
     _, in_memory, existed = cache.load_module(src)
     assert not in_memory and existed
+
+
+# ---------------------------------------------------------------------------------------------
+# Scans inlined into the driver; accumulators moved out of the loop; direct numpy calls
+
+
+def _rnn_loss(p, xs, ys):
+    wx, wh, b, v = p
+
+    def cell(h, x):
+        h = fnp.tanh(x @ wx + h @ wh + b)
+        return h, h @ v
+    _, preds = lax.scan(cell, fnp.zeros((xs.shape[1], wh.shape[0]), xs.dtype), xs)
+    return fnp.mean((preds - ys) ** 2)
+
+
+def _rnn_args(dtype=np.float64, steps=5):
+    rng = np.random.default_rng(0)
+    p = [rng.standard_normal((3, 4)).astype(dtype), rng.standard_normal((4, 4)).astype(dtype),
+         rng.standard_normal(4).astype(dtype), rng.standard_normal(4).astype(dtype)]
+    return p, rng.standard_normal((steps, 2, 3)).astype(dtype), \
+        rng.standard_normal((steps, 2)).astype(dtype)
+
+
+def test_scan_gradient_accumulators_leave_the_loop():
+    p, xs, ys = _rnn_args()
+    closed = ft.make_jaxpr(ft.grad(_rnn_loss))(p, xs, ys)
+    jaxpr, consts = _simplified(ft.grad(_rnn_loss), p, xs, ys)
+    sunk, _ = plan.sink_scan_accumulators(jaxpr, consts)
+    scans = [e for e in sunk.eqns if e.primitive.name == "scan"]
+    # The reverse scan carried the four weight gradients and the hidden cotangent; only the
+    # hidden cotangent is still a carry, the weight gradients are summed after the loop.
+    assert [e.params["num_carry"] for e in scans] == [1, 1]
+    assert any(e.primitive.name == "dot_general" and e.params["dimension_numbers"][0][0][0] == 0
+               for e in sunk.eqns)
+    core.typecheck_jaxpr(sunk)
+    _assert_close(numba_cpu.lower(closed)(*p, xs, ys),
+                  [np.asarray(o) for o in ft.grad(_rnn_loss)(p, xs, ys)], rtol=1e-10)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_inlined_scan_matches_eager(reverse):
+    def f(c0, xs, w):
+        def body(c, x):
+            a, s = c
+            a = fnp.tanh(a @ w + x)
+            return (a, s + fnp.sum(a * x)), (a, s)
+        return lax.scan(body, (c0, 0.0), xs, reverse=reverse)
+    rng = np.random.default_rng(1)
+    c0, xs, w = rng.standard_normal(3), rng.standard_normal((6, 3)), rng.standard_normal((3, 3))
+    closed = ft.make_jaxpr(f)(c0, xs, w)
+    exe = numba_cpu.lower(closed)
+    assert "for " in exe.source  # the loop runs in the driver, not through a sub-program
+    want = ft.tree_util.tree_flatten(f(c0, xs, w))[0]
+    _assert_close(exe(c0, xs, w), [np.asarray(o) for o in want], rtol=1e-12)
+    # ys that are the carry from before the step keep that value.
+    _assert_close([exe(c0, xs, w)[3]], [np.asarray(want[3])], rtol=1e-12)
+
+
+def test_scan_of_length_zero_and_nested_scans():
+    def inner(c, x):
+        return c + x, c * x
+
+    def outer(c, xs):
+        c2, ys = lax.scan(inner, c, xs)
+        return c2, ys.sum()
+
+    def f(c, xss):
+        return lax.scan(outer, c, xss)
+    c, xss = np.float64(0.5), np.arange(12.0).reshape(3, 4)
+    closed = ft.make_jaxpr(f)(c, xss)
+    want = ft.tree_util.tree_flatten(f(c, xss))[0]
+    _assert_close(numba_cpu.lower(closed)(c, xss), [np.asarray(o) for o in want])
+    empty = np.zeros((0, 4))
+    closed0 = ft.make_jaxpr(f)(c, empty)
+    want0 = ft.tree_util.tree_flatten(f(c, empty))[0]
+    _assert_close(numba_cpu.lower(closed0)(c, empty), [np.asarray(o) for o in want0])
+
+
+@pytest.mark.parametrize("dims", [
+    (((1,), (0,)), ((), ())), (((0,), (0,)), ((), ())), (((1,), (1,)), ((), ())),
+    (((0,), (1,)), ((), ()))])
+def test_direct_dot_general_forms_match_impl(dims):
+    rng = np.random.default_rng(2)
+    a, b = rng.standard_normal((4, 4)), rng.standard_normal((4, 4))
+    f = lambda a, b: lax.dot_general(a, b, dims)  # noqa: E731
+    cpu, ref = _run_both(f, a, b)
+    _assert_close(cpu, ref, rtol=1e-12)
+    # Stacks contracted over their leading (or trailing) dims become one 2-D GEMM.
+    x, y = rng.standard_normal((5, 2, 3)), rng.standard_normal((5, 2, 4))
+    g = lambda x, y: lax.dot_general(x, y, (((0, 1), (0, 1)), ((), ())))  # noqa: E731
+    cpu, ref = _run_both(g, x, y)
+    _assert_close(cpu, ref, rtol=1e-12)
+    assert "_np.dot" in numba_cpu.lower(ft.make_jaxpr(g)(x, y)).source
+
+
+def test_broadcasts_read_by_elementwise_ops_are_not_materialised():
+    x, s = np.arange(6.0).reshape(2, 3), np.float64(2.0)
+    f = lambda x, s: lax.broadcast_in_dim(s, (2, 3), ()) * x + lax.broadcast_in_dim(  # noqa
+        fnp.sum(x, 0), (2, 3), (1,))
+    closed = ft.make_jaxpr(f)(x, s)
+    exe = numba_cpu.lower(closed)
+    assert "broadcast" not in exe.source
+    _assert_close(exe(x, s), [np.asarray(f(x, s))])
+    # A weak-typed Python scalar argument keeps numpy's promotion (float32 stays float32).
+    x32 = x.astype(np.float32)
+    closed = ft.make_jaxpr(f)(x32, 2.0)
+    _assert_close(numba_cpu.lower(closed)(x32, 2.0), [np.asarray(f(x32, 2.0))])
+
+
+def test_commutative_cse_and_folding_products_with_constants():
+    x = np.arange(3.0)
+    jaxpr, _ = _simplified(lambda x: fnp.sin(x) * x + x * fnp.sin(x), x)
+    assert _prims(jaxpr).count("mul") == 1
+    eye = np.eye(80)
+    jaxpr, consts = _simplified(lambda x: (eye @ np.ones((80, 80))) @ x, np.ones(80))
+    assert _prims(jaxpr) == ["dot_general"]  # the constant product was evaluated once

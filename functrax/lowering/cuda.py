@@ -321,12 +321,12 @@ def _scalar_expr(eqn, args, in_avals):
         pd = _promoted(in_avals)
         a = [_cast(x, av.dtype, pd) for x, av in zip(args, in_avals)]
         return f"({a[0]} {_CMP[name]} {a[1]})"
-    if name in ("and", "or", "not"):
+    if name == "not":
+        return f"(not {conv[0]})" if out.kind == "b" else _typed(f"~{conv[0]}", out)
+    if name in ("and", "or"):
         if out.kind == "b":
-            return {"and": f"({conv[0]} and {conv[1]})", "or": f"({conv[0]} or {conv[1]})",
-                    "not": f"(not {conv[0]})"}[name]
-        return _typed({"and": f"{conv[0]} & {conv[1]}", "or": f"{conv[0]} | {conv[1]}",
-                       "not": f"~{conv[0]}"}[name], out)
+            return f"({conv[0]} {name} {conv[1]})"
+        return _typed(f"{conv[0]} {'&' if name == 'and' else '|'} {conv[1]}", out)
     if name == "select_n":
         which = args[0]
         cases = [_cast(c, av.dtype, out) for c, av in zip(args[1:], in_avals[1:])]

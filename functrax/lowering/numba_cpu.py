@@ -1184,8 +1184,39 @@ def _lazy_broadcasts(op_eqns, steps, styles, outvars):
     return {id(cand[v][0]): cand[v][1] for v in alive}
 
 
+_malloc_tuned = False
+
+
+def _tune_malloc():
+    """Keep freed heap memory in the process (glibc only; ``FUNCTRAX_MALLOC_TUNE=0`` turns it
+    off). By default glibc serves blocks over 128 KiB with fresh ``mmap`` pages and gives a
+    freed heap top back to the kernel, so every call of a program that allocates a few
+    half-megabyte temporaries page-faults all of them again: measured here, a 5-op blocked
+    kernel over 200x300 float64 took 1.7 ms instead of 0.27 ms. Raising the mmap and trim
+    thresholds lets numpy's allocations reuse warm pages, as XLA's and PyTorch's caching
+    allocators do. Process-wide, once, when the first program is lowered."""
+    global _malloc_tuned
+    if _malloc_tuned:
+        return
+    _malloc_tuned = True
+    if os.environ.get("FUNCTRAX_MALLOC_TUNE", "1").strip().lower() in ("0", "false", "no", "off"):
+        return
+    try:
+        import ctypes
+        import sys
+        if not sys.platform.startswith("linux"):
+            return
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        libc.mallopt(m_mmap_threshold, 32 << 20)   # glibc's maximum on 64-bit
+        libc.mallopt(m_trim_threshold, 512 << 20)
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing to tune
+
+
 def lower(closed, donated=(), name="jitted", sub_lowering=None):
     """Lower a ClosedJaxpr to an ``Executable`` on the CPU."""
+    _tune_malloc()
     em = _Emitter(sub_lowering)
     params = [f"a{i}" for i in range(len(closed.jaxpr.invars))]
     lines = []

@@ -291,8 +291,7 @@ def simplify(jaxpr: Jaxpr, consts):
         sub = _has_subjaxpr(eqn)
         # 1. Constant folding.
         if not effectful and not sub and all(
-                _is_lit(v) or v in known for v in invars) and all(
-                v.aval.size <= FOLD_MAX_SIZE for v in eqn.outvars):
+                _is_lit(v) or v in known for v in invars) and _foldable_size(eqn, invars):
             try:
                 vals = [v.val if _is_lit(v) else known[v] for v in invars]
                 out = prim.impl(*vals, **eqn.params)
@@ -366,6 +365,22 @@ def simplify(jaxpr: Jaxpr, consts):
     keep = set(out.constvars)
     constvals = [c for v, c in zip(constvars, constvals) if v in keep]
     return out, constvals
+
+
+def _foldable_size(eqn, invars):
+    """Fold small results, and results no larger than the biggest constant operand (a
+    product with AD's identity seed, say): folding those never grows the program."""
+    out = sum(v.aval.size for v in eqn.outvars)
+    if out <= FOLD_MAX_SIZE:
+        return True
+    biggest = max((v.aval.size for v in invars if not _is_lit(v)), default=0)
+    return out <= biggest and eqn.primitive.name in _FOLD_BIG
+
+
+# Primitives worth evaluating at lowering time on big constants (one evaluation replaces
+# one per call); elementwise chains on big constants are left to the kernels.
+_FOLD_BIG = frozenset({"dot_general", "transpose", "reshape", "convert_element_type",
+                       "broadcast_in_dim", "neg", "mul", "add", "sub"})
 
 
 def _dce_keep_literals(jaxpr):
