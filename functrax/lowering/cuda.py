@@ -32,7 +32,7 @@ otherwise lowering with a runtime raises and only ``generate`` (code generation)
 
 >>> import functrax, functrax.numpy as fnp
 >>> from functrax.lowering import cuda
->>> prog = cuda.generate(functrax.make_jaxpr(lambda x: fnp.sum(fnp.sin(x) * 2.0))(fnp.ones(8)))
+>>> prog = cuda.generate(functrax.make_jaxpr(lambda x: fnp.sum(fnp.sin(x) * 2.0))(fnp.ones(1000)))
 >>> [k.style for k in prog.kernels]
 ['blocks']
 """
@@ -47,7 +47,7 @@ import numpy as np
 from .. import core
 from ..core import Literal
 from . import cache, plan
-from .plan import Cluster, OpStep
+from .plan import Cluster
 
 __all__ = ["lower", "generate", "Program", "KernelSpec", "Executable", "Target",
            "compile_ptx", "generated_kernels", "runtime", "lowering_rules", "can_fuse",
@@ -418,7 +418,7 @@ def _view_in_loop(view, groups):
 
 def _reduction_axes(cluster):
     """The one axis set every reduction of the cluster uses, () when none; None when the
-    reductions disagree (then the cluster is not generated as one kernel)."""
+    reductions disagree (``_prepare`` then splits the cluster)."""
     sets = {tuple(sorted(e.params["axes"])) for e in cluster.eqns
             if e.primitive.name in plan.REDUCTIONS}
     if not sets:
@@ -659,18 +659,6 @@ class _KernelStep:
             env[v] = buf.reshape(v.aval.shape)
 
 
-class _UnfusedStep:
-    """A cluster the kernel generator does not take (reductions over different axes): its
-    equations run one by one."""
-
-    def __init__(self, cluster, rt, lower_sub):
-        self.ops = [_OpStep(e, rt, lower_sub) for e in cluster.eqns]
-
-    def run(self, rt, env):
-        for op in self.ops:
-            op.run(rt, env)
-
-
 class _OpStep:
     def __init__(self, eqn, rt, lower_sub):
         self.eqn = eqn
@@ -710,15 +698,46 @@ class Program:
         self.jaxpr, self.consts, self.steps, self.kernels = jaxpr, consts, steps, kernels
 
 
+def _split_by_reduction_axes(cluster):
+    """A cluster whose reductions use different axis sets, as one cluster per axis set. Each
+    recomputes the elementwise values its reductions need (cheaper than a round trip through
+    memory); the first also writes the cluster's full-shape outputs."""
+    producer = {v: (i, e) for i, e in cluster.items for v in e.outvars}
+    by_axes = {}
+    for _, e in cluster.items:
+        if e.primitive.name in plan.REDUCTIONS:
+            by_axes.setdefault(tuple(sorted(e.params["axes"])), []).append(e.outvars[0])
+    full = [v for v in cluster.outputs if v not in cluster.reduce_outs]
+    parts = []
+    for n, roots in enumerate(by_axes.values()):
+        roots = roots + (full if n == 0 else [])
+        need, stack = set(), list(roots)
+        while stack:
+            v = stack.pop()
+            if v in need or v not in producer:
+                continue
+            need.add(v)
+            stack += [u for u in producer[v][1].invars if type(u) is not Literal]
+        sub = Cluster(cluster.shape)
+        for i, e in cluster.items:
+            if any(v in need for v in e.outvars):
+                sub.add(i, e)
+        sub.sealed = True
+        sub.finalize(set(roots))
+        parts.append(sub)
+    return parts
+
+
 def _prepare(closed):
     jaxpr, consts = plan.inline_calls(closed.jaxpr, closed.consts)
     jaxpr, consts = plan.simplify(jaxpr, consts)
-    steps = plan.fuse(jaxpr, plan.DEFAULT_FUSIBLE, can_fuse)
+    steps = []
+    for st in plan.fuse(jaxpr, plan.DEFAULT_FUSIBLE, can_fuse):
+        if isinstance(st, Cluster) and _reduction_axes(st) is None:
+            steps += _split_by_reduction_axes(st)
+        else:
+            steps.append(st)
     return jaxpr, consts, steps
-
-
-def _kernel_worthy(cluster):
-    return _reduction_axes(cluster) is not None
 
 
 def generate(closed, target=None):
@@ -729,8 +748,7 @@ def generate(closed, target=None):
     kernels = []
     for st in steps:
         if isinstance(st, Cluster):
-            if _kernel_worthy(st):
-                kernels.append(_KernelStep(st, target).spec)
+            kernels.append(_KernelStep(st, target).spec)
         else:
             for sub in core.subjaxprs_of_eqn(st.eqn):
                 sub_closed = sub if isinstance(sub, core.ClosedJaxpr) else \
@@ -795,8 +813,6 @@ class Executable:
 def _step_inputs(runner):
     if isinstance(runner, _KernelStep):
         return [op for op, _ in runner.cluster.loads if type(op) is not Literal]
-    if isinstance(runner, _UnfusedStep):
-        return [v for op in runner.ops for v in op.eqn.invars if type(v) is not Literal]
     return [v for v in runner.eqn.invars if type(v) is not Literal]
 
 
@@ -822,14 +838,10 @@ def lower(closed, donated=(), name="jitted", sub_lowering=None):
     runners, summary, sources = [], [], []
     for st in steps:
         if isinstance(st, Cluster):
-            if _kernel_worthy(st):
-                k = _KernelStep(st, rt.target)
-                runners.append(k)
-                summary.append(k.spec.summary)
-                sources.append(k.spec.source)
-            else:
-                runners.append(_UnfusedStep(st, rt, lower_sub))
-                summary.append(f"unfused {st.shape} {[str(e.primitive) for e in st.eqns]}")
+            k = _KernelStep(st, rt.target)
+            runners.append(k)
+            summary.append(k.spec.summary)
+            sources.append(k.spec.source)
         else:
             runners.append(_OpStep(st.eqn, rt, lower_sub))
             summary.append(f"op {st.eqn.primitive}")
