@@ -108,11 +108,11 @@ mods_vmap, mods_vg = {}, {}
 def _functrax_mods():
     import functrax as ft
     import functrax.numpy as fnp
-    from functrax import devices
-    gpu = devices.devices("gpu")[0]
+    from functrax.devices import device_put, devices
+    gpu = devices("gpu")[0]
     mods_vmap["functrax"], mods_vg["functrax"] = ft.vmap, ft.value_and_grad
     return (fnp, ft.grad, lambda f: ft.jit(f, backend="cuda"), ft.tree_util.tree_map,
-            lambda t: devices.device_put(t, gpu))
+            lambda t: device_put(t, gpu))
 
 
 def _jax_mods(jax, dev):

@@ -14,6 +14,7 @@ from .interpreters.jvp import Zero  # noqa: F401
 from .numpy import array_methods as _array_methods
 from . import tree  # noqa: F401
 from .jit import *  # noqa: F401,F403
+from .devices import *  # noqa: F401,F403
 from .custom_derivatives import *  # noqa: F401,F403
 from .remat import *  # noqa: F401,F403
 from . import random, nn, optim, checkpoints, test_util  # noqa: F401,E402

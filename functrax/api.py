@@ -13,6 +13,7 @@ import numpy as np
 
 from . import core, dtypes
 from .core import get_aval
+from .lax._util import array_namespace
 from .interpreters import batching
 from .interpreters.jvp import Zero, instantiate_zeros, jvp_flat, tangent_aval
 from .interpreters.partial_eval import linearize_flat
@@ -353,8 +354,9 @@ def value_and_grad(fun, argnums=0, has_aux=False, holomorphic=False, allow_int=F
             ans, vjp_fn = vjp(f_diff, *diff)
         _check_scalar(name, ans)
         ans_aval = get_aval(ans)
-        g = vjp_fn(np.ones((), ans_aval.dtype) if not isinstance(ans, core.Tracer)
-                   else _ones_like(ans))
+        # The seed cotangent lives where the output lives (host, or GPU via the array module).
+        g = vjp_fn(_ones_like(ans) if isinstance(ans, core.Tracer) else
+                   array_namespace(ans).ones((), ans_aval.dtype))
         g = g[0] if isinstance(argnums, int) else g
         return ((ans, aux), g) if has_aux else (ans, g)
 

@@ -225,6 +225,8 @@ class Primitive:
         # The impl failed: the abstract eval usually says why in the user's terms.
         if getattr(err, "_functrax_located", False):
             return
+        from .devices import check_same_device
+        check_same_device(self.name, args)  # host and GPU arrays mixed: say how to fix it
         try:
             self.abstract_eval(*[get_aval(a) for a in args], **params)
         except (TypeError, ValueError) as better:

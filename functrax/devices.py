@@ -19,12 +19,12 @@ An operation mixing an array on the GPU with a (non-scalar) host array raises a 
 names the operation, both devices and the fix (``device_put``); ``check_same_device`` is that
 check, usable by any layer that sees all the operands of an operation.
 
->>> import numpy as np, functrax as ft
->>> from functrax import devices
->>> devices.devices("cpu")
+>>> import numpy as np
+>>> from functrax.devices import devices, device_put, device_get
+>>> devices("cpu")
 [CpuDevice(id=0)]
->>> x = devices.device_put({"w": np.ones(2)}, devices.devices("cpu")[0])
->>> type(x["w"]).__name__, devices.device_get(x)["w"].tolist()
+>>> x = device_put({"w": np.ones(2)}, devices("cpu")[0])
+>>> type(x["w"]).__name__, device_get(x)["w"].tolist()
 ('Array', [1.0, 1.0])
 """
 from __future__ import annotations
@@ -35,9 +35,9 @@ import numpy as np
 
 from .array import Array
 
-__all__ = ["Device", "devices", "local_devices", "default_backend", "device_put", "device_get",
-           "device_of", "cpu_device", "SimulatedGpuArray", "check_same_device",
-           "infer_backend", "gpu_available", "simulator_enabled", "sim_numpy"]
+# The package star-imports these, so ``functrax.devices`` is then the function (as in JAX);
+# the module's other helpers are reached with ``from functrax.devices import ...``.
+__all__ = ["Device", "devices", "local_devices", "default_backend", "device_put", "device_get"]
 
 
 class Device:

@@ -36,6 +36,7 @@ import numpy as np
 
 from . import config as _cfg
 from . import core, dtypes, lowering
+from .devices import infer_backend
 from .array import Array
 from .core import ClosedJaxpr, Jaxpr, Primitive, ShapedArray, Tracer
 from .interpreters import batching
@@ -413,9 +414,10 @@ class JitFunction:
     def _call_general(self, args, kwargs):
         if _cfg.disable_jit:
             return self._fun(*args, **kwargs)
-        backend = self._backend or _cfg.default_backend
         dyn_args, dyn_kwargs, statics = self._split(args, kwargs)
         leaves, in_tree = tree_flatten((dyn_args, dyn_kwargs))
+        # Where the arguments live picks the back end (GPU arrays -> cuda), unless given.
+        backend = self._backend or infer_backend(leaves) or _cfg.default_backend
         sigs = []
         for i, x in enumerate(leaves):
             s = _leaf_sig(x)
@@ -583,9 +585,9 @@ class JitFunction:
     def lower(self, *args, **kwargs):
         """Trace and lower for these arguments (arrays or ShapeDtypeStructs) without running:
         ``.as_text()`` shows the jaxpr and the generated code, ``.compile()`` the callable."""
-        backend = self._backend or _cfg.default_backend
         dyn_args, dyn_kwargs, statics = self._split(args, kwargs)
         leaves, in_tree = tree_flatten((dyn_args, dyn_kwargs))
+        backend = self._backend or infer_backend(leaves) or _cfg.default_backend
         sigs = []
         for x in leaves:
             s = _leaf_sig(x)

@@ -14,7 +14,10 @@ import pytest
 
 import functrax as ft
 import functrax.numpy as fnp
-from functrax import devices
+import importlib
+
+devices = importlib.import_module("functrax.devices")  # the module, even once the
+# package exports the function functrax.devices()
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(ft.__file__)))
 NO_GPU = not devices.gpu_available()
@@ -76,7 +79,8 @@ SIM_DRIVER = textwrap.dedent(r'''
     import json, sys, traceback
     import numpy as np
     import functrax as ft, functrax.numpy as fnp
-    from functrax import devices
+    import importlib
+    devices = importlib.import_module("functrax.devices")
 
     res = {}
 

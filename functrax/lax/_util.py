@@ -69,6 +69,10 @@ def array_namespace(*xs):
         if mod.startswith("cupy"):
             import cupy
             return cupy
+        if mod == "functrax.devices":
+            # The CUDA simulator's stand-in device arrays keep their device through sim_numpy.
+            from ..devices import sim_numpy
+            return sim_numpy
     return np
 
 

@@ -31,7 +31,7 @@ from ..interpreters import batching
 from ..interpreters import jvp as ad
 from ..interpreters.jvp import Zero, defjvp, defjvp2, defjvp_zero
 from ..interpreters.transpose import is_undefined_primal, transpose_rules, unbroadcast
-from ._util import standard_elementwise_abstract_eval
+from ._util import array_namespace, standard_elementwise_abstract_eval
 
 __all__ = [
     # arithmetic
@@ -689,11 +689,12 @@ defjvp2(cbrt_p, lambda g, ans, x: mul(g, div(1 / 3, mul(ans, ans))))
 
 def _logistic_impl(x):
     # Stable for large |x|: exp never overflows.
-    x = np.asarray(x)
+    xp = array_namespace(x)
+    x = xp.asarray(x)
     if x.dtype.kind not in "fc":
         raise _EagerDtypeError("logistic")
-    e = np.exp(-np.abs(x))
-    return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)
+    e = xp.exp(-xp.abs(x))
+    return xp.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)
 
 
 logistic_p = unop("logistic", _logistic_impl, _require_inexact, _FLOAT_MSG)
@@ -1103,13 +1104,14 @@ defjvp_zero(population_count_p)
 # select_n: the elementwise choice between cases (the batched form of a branch)
 
 def _select_n_impl(which, *cases):
-    which = np.asarray(which)
+    xp = array_namespace(which, *cases)  # numpy, or CuPy for GPU arrays
+    which = xp.asarray(which)
     if len(cases) == 1:
-        return np.broadcast_to(cases[0], np.broadcast_shapes(which.shape,
+        return xp.broadcast_to(cases[0], np.broadcast_shapes(which.shape,
                                                              np.shape(cases[0]))).copy()
     if which.dtype == np.bool_ and len(cases) == 2:
-        return np.where(which, cases[1], cases[0])
-    return np.choose(which, cases)
+        return xp.where(which, cases[1], cases[0])
+    return xp.choose(which, cases)
 
 
 def _select_n_abstract_eval(which, *cases):

@@ -152,10 +152,10 @@ def runtime():
         return _rt
     with _rt_lock:
         if _rt is None:
-            from .. import devices
-            if devices.simulator_enabled():
+            from ..devices import gpu_available, simulator_enabled
+            if simulator_enabled():
                 _rt = _Runtime("sim", np, SIM_TARGET)
-            elif devices.gpu_available():
+            elif gpu_available():
                 import cupy
                 # CuPy spells the compute capability as a string of digits, e.g. "90".
                 major, minor = divmod(int(cupy.cuda.Device().compute_capability), 10)
