@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import scipy.special
 
 from .. import dtypes
 from ..core import Primitive
@@ -34,13 +33,19 @@ def _require_float(dtype):
     return dtypes.is_float(dtype)
 
 
+def _scipy(fn_name):
+    # scipy.special costs ~0.3 s to import: load it on first use, not with functrax.
+    import scipy.special
+    return getattr(scipy.special, fn_name)
+
+
 def _scipy_impl(fn, name):
     def impl(x):
         x = np.asarray(x)
         if x.dtype.kind != "f":
             # Refused eagerly as in the abstract eval (scipy would compute in float64).
             raise TypeError(f"{name}: {_MSG} (got {x.dtype.name})")
-        return np.asarray(fn(x)).astype(x.dtype, copy=False)
+        return np.asarray(_scipy(fn)(x)).astype(x.dtype, copy=False)
     impl.__name__ = name
     return impl
 
@@ -58,7 +63,7 @@ _TWO_OVER_SQRT_PI = 2.0 / math.sqrt(math.pi)  # Python floats: weak, float32 sta
 _SQRT_PI_OVER_TWO = math.sqrt(math.pi) / 2.0
 
 
-erf_p = _special_unop("erf", scipy.special.erf)
+erf_p = _special_unop("erf", "erf")
 
 
 def erf(x):
@@ -69,7 +74,7 @@ def erf(x):
 defjvp(erf_p, lambda g, x: mul(g, mul(_TWO_OVER_SQRT_PI, exp(neg(mul(x, x))))))
 
 
-erfc_p = _special_unop("erfc", scipy.special.erfc)
+erfc_p = _special_unop("erfc", "erfc")
 
 
 def erfc(x):
@@ -80,7 +85,7 @@ def erfc(x):
 defjvp(erfc_p, lambda g, x: mul(g, mul(-_TWO_OVER_SQRT_PI, exp(neg(mul(x, x))))))
 
 
-erf_inv_p = _special_unop("erf_inv", scipy.special.erfinv)
+erf_inv_p = _special_unop("erf_inv", "erfinv")
 
 
 def erf_inv(x):
@@ -91,7 +96,7 @@ def erf_inv(x):
 defjvp2(erf_inv_p, lambda g, ans, x: mul(g, mul(_SQRT_PI_OVER_TWO, exp(mul(ans, ans)))))
 
 
-lgamma_p = _special_unop("lgamma", scipy.special.gammaln)
+lgamma_p = _special_unop("lgamma", "gammaln")
 
 
 def lgamma(x):
@@ -102,7 +107,7 @@ def lgamma(x):
 defjvp(lgamma_p, lambda g, x: mul(g, digamma(x)))
 
 
-digamma_p = _special_unop("digamma", scipy.special.digamma)
+digamma_p = _special_unop("digamma", "digamma")
 
 
 def digamma(x):
@@ -117,7 +122,7 @@ def _polygamma_impl(x, *, m):
     x = np.asarray(x)
     if x.dtype.kind != "f":
         raise TypeError(f"polygamma: {_MSG} (got {x.dtype.name})")
-    return np.asarray(scipy.special.polygamma(m, x)).astype(x.dtype, copy=False)
+    return np.asarray(_scipy("polygamma")(m, x)).astype(x.dtype, copy=False)
 
 
 def _polygamma_abstract_eval(x, *, m):
