@@ -11,6 +11,17 @@ def log_softmax(z):
     return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
 
 
+def softmax_cross_entropy(logits, y_onehot):
+    """The batch-mean softmax cross-entropy and its gradient with respect to the logits."""
+    lsm = log_softmax(logits)
+    n = logits.shape[0]
+    return -(y_onehot * lsm).sum() / n, (np.exp(lsm) - y_onehot) / n
+
+
+def sgd_update(params, grads, lr):
+    return [[p - lr * g for p, g in zip(layer, glayer)] for layer, glayer in zip(params, grads)]
+
+
 # --- W1: MLP with ReLU, softmax cross-entropy, one SGD step ------------------------------------
 
 def mlp_relu_sgd_step(params, x, y_onehot, lr):
@@ -19,19 +30,14 @@ def mlp_relu_sgd_step(params, x, y_onehot, lr):
     h1 = np.maximum(h1p, 0)
     h2p = h1 @ w2 + b2
     h2 = np.maximum(h2p, 0)
-    logits = h2 @ w3 + b3
-    lsm = log_softmax(logits)
-    n = x.shape[0]
-    loss = -(y_onehot * lsm).sum() / n
-    d_logits = (np.exp(lsm) - y_onehot) / n
+    loss, d_logits = softmax_cross_entropy(h2 @ w3 + b3, y_onehot)
     g_w3, g_b3 = h2.T @ d_logits, d_logits.sum(0)
     d_h2 = (d_logits @ w3.T) * (h2p > 0)
     g_w2, g_b2 = h1.T @ d_h2, d_h2.sum(0)
     d_h1 = (d_h2 @ w2.T) * (h1p > 0)
     g_w1, g_b1 = x.T @ d_h1, d_h1.sum(0)
     grads = ((g_w1, g_b1), (g_w2, g_b2), (g_w3, g_b3))
-    new = [[p - lr * g for p, g in zip(layer, glayer)] for layer, glayer in zip(params, grads)]
-    return loss, new
+    return loss, sgd_update(params, grads, lr)
 
 
 # --- W2: per-example gradients of a tanh MLP ---------------------------------------------------
@@ -112,11 +118,7 @@ def convnet_sgd_step(params, x, y_onehot, lr):
     a2 = np.maximum(z2, 0)
     p2, m2 = _pool(a2)
     flat = p2.reshape(p2.shape[0], -1)
-    logits = flat @ wd + bd
-    lsm = log_softmax(logits)
-    n = x.shape[0]
-    loss = -(y_onehot * lsm).sum() / n
-    d_logits = (np.exp(lsm) - y_onehot) / n
+    loss, d_logits = softmax_cross_entropy(flat @ wd + bd, y_onehot)
     g_wd, g_bd = flat.T @ d_logits, d_logits.sum(0)
     d_p2 = (d_logits @ wd.T).reshape(p2.shape)
     d_z2 = _unpool(d_p2, m2) * (z2 > 0)
@@ -126,8 +128,7 @@ def convnet_sgd_step(params, x, y_onehot, lr):
     _, g_k1 = _conv_same_grads(x, k1, d_z1)
     g_c1 = d_z1.sum((0, 1, 2))
     grads = ((g_k1, g_c1), (g_k2, g_c2), (g_wd, g_bd))
-    new = [[p - lr * g for p, g in zip(layer, glayer)] for layer, glayer in zip(params, grads)]
-    return loss, new
+    return loss, sgd_update(params, grads, lr)
 
 
 # --- W7: tanh RNN, gradient of the loss by backpropagation through time --------------------------

@@ -32,6 +32,70 @@ def _torch_tree(tree, requires_grad=False):
     return torch.tensor(np.asarray(tree), requires_grad=requires_grad)
 
 
+# The loss functions are the same formula in every library whose numpy namespace has the
+# functions they use; each builder takes that namespace (and the library's log_softmax or
+# logsumexp, whose spelling differs) so that W1/W1e, W2, W3/W3b and W6 state them once.
+
+def _autograd_log_softmax(z):
+    import autograd.numpy as anp
+    z = z - anp.max(z, axis=1, keepdims=True)
+    return z - anp.log(anp.sum(anp.exp(z), axis=1, keepdims=True))
+
+
+def _mlp_relu_loss(xnp, log_softmax):
+    """W1's loss: ReLU MLP, softmax cross-entropy averaged over the batch."""
+    def loss_fn(p, x, y):
+        h = x
+        for w, b in p[:-1]:
+            h = xnp.maximum(h @ w + b, 0.0)
+        w, b = p[-1]
+        return -xnp.sum(y * log_softmax(h @ w + b)) / x.shape[0]
+    return loss_fn
+
+
+def _mlp_tanh_loss(xnp, log_softmax):
+    """W2's per-example loss: one tanh hidden layer, softmax cross-entropy."""
+    def loss(p, xi, yi):
+        (w1, b1), (w2, b2) = p
+        h = xnp.tanh(xi @ w1 + b1)
+        return -xnp.sum(yi * log_softmax(h @ w2 + b2))
+    return loss
+
+
+def _convnet_loss(xnp, lax, log_softmax):
+    """W6's loss: conv32-pool-conv64-pool-dense10 (NHWC), softmax cross-entropy."""
+    dn = ("NHWC", "HWIO", "NHWC")
+
+    def pool(h):
+        return lax.reduce_window(h, -xnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+
+    def loss_fn(p, x, y):
+        (k1, c1), (k2, c2), (wd, bd) = p
+        h = pool(xnp.maximum(lax.conv_general_dilated(x, k1, (1, 1), "SAME",
+                                                      dimension_numbers=dn) + c1, 0.0))
+        h = pool(xnp.maximum(lax.conv_general_dilated(h, k2, (1, 1), "SAME",
+                                                      dimension_numbers=dn) + c2, 0.0))
+        logits = h.reshape(h.shape[0], -1) @ wd + bd
+        return -xnp.sum(y * log_softmax(logits)) / x.shape[0]
+    return loss_fn
+
+
+def _jit_sgd_step(lib, loss_fn, lr):
+    """One jitted SGD step, for the libraries (functrax, JAX) that share JAX's API."""
+    @lib.jit
+    def step(p, x, y):
+        loss, g = lib.value_and_grad(loss_fn)(p, x, y)
+        return loss, lib.tree_util.tree_map(lambda a, b: a - lr * b, p, g)
+    return step
+
+
+def _w3_function(xnp, a, logsumexp):
+    """W3's f(x) = sum(tanh(A x)^2) + logsumexp(x)."""
+    def f(x):
+        return xnp.sum(xnp.tanh(a @ x) ** 2) + logsumexp(x)
+    return f
+
+
 # ---------------------------------------------------------------------------------------------
 # W1: MLP 784-512-512-10 ReLU, batch 128, float32, softmax cross-entropy, one SGD step (jit)
 
@@ -52,19 +116,7 @@ def w1():
     def functrax_impl():
         import functrax as ft
         import functrax.numpy as fnp
-
-        def loss_fn(p, x, y):
-            h = x
-            for w, b in p[:-1]:
-                h = fnp.maximum(h @ w + b, 0.0)
-            w, b = p[-1]
-            logits = h @ w + b
-            return -fnp.sum(y * ft.nn.log_softmax(logits)) / x.shape[0]
-
-        @ft.jit
-        def step(p, x, y):
-            loss, g = ft.value_and_grad(loss_fn)(p, x, y)
-            return loss, ft.tree_util.tree_map(lambda a, b: a - lr * b, p, g)
+        step = _jit_sgd_step(ft, _mlp_relu_loss(fnp, ft.nn.log_softmax), lr)
         return lambda: step(params, x, y)
 
     def jax_impl():
@@ -72,18 +124,7 @@ def w1():
         import jax.numpy as jnp
         p = jax.tree_util.tree_map(jnp.asarray, params)
         xj, yj = jnp.asarray(x), jnp.asarray(y)
-
-        def loss_fn(p, x, y):
-            h = x
-            for w, b in p[:-1]:
-                h = jnp.maximum(h @ w + b, 0.0)
-            w, b = p[-1]
-            return -jnp.sum(y * jax.nn.log_softmax(h @ w + b)) / x.shape[0]
-
-        @jax.jit
-        def step(p, x, y):
-            loss, g = jax.value_and_grad(loss_fn)(p, x, y)
-            return loss, jax.tree_util.tree_map(lambda a, b: a - lr * b, p, g)
+        step = _jit_sgd_step(jax, _mlp_relu_loss(jnp, jax.nn.log_softmax), lr)
         return lambda: step(p, xj, yj)
 
     def torch_impl():
@@ -106,17 +147,7 @@ def w1():
     def autograd_impl():
         import autograd
         import autograd.numpy as anp
-
-        def loss_fn(p, x, y):
-            h = x
-            for w, b in p[:-1]:
-                h = anp.maximum(h @ w + b, 0.0)
-            w, b = p[-1]
-            z = h @ w + b
-            z = z - anp.max(z, axis=1, keepdims=True)
-            lsm = z - anp.log(anp.sum(anp.exp(z), axis=1, keepdims=True))
-            return -anp.sum(y * lsm) / x.shape[0]
-        vg = autograd.value_and_grad(loss_fn)
+        vg = autograd.value_and_grad(_mlp_relu_loss(anp, _autograd_log_softmax))
 
         def step():
             loss, g = vg(params, x, y)
@@ -148,14 +179,8 @@ def w1_eager():
     def functrax_impl():
         import functrax as ft
         import functrax.numpy as fnp
-
-        def loss_fn(p):
-            h = x
-            for w, b in p[:-1]:
-                h = fnp.maximum(h @ w + b, 0.0)
-            w, b = p[-1]
-            return -fnp.sum(y * ft.nn.log_softmax(h @ w + b)) / x.shape[0]
-        g = ft.grad(loss_fn)
+        loss_fn = _mlp_relu_loss(fnp, ft.nn.log_softmax)
+        g = ft.grad(lambda p: loss_fn(p, x, y))
         return lambda: g(params)
 
     def jax_impl():
@@ -163,29 +188,15 @@ def w1_eager():
         import jax.numpy as jnp
         p = jax.tree_util.tree_map(jnp.asarray, params)
         xj, yj = jnp.asarray(x), jnp.asarray(y)
-
-        def loss_fn(p):
-            h = xj
-            for w, b in p[:-1]:
-                h = jnp.maximum(h @ w + b, 0.0)
-            w, b = p[-1]
-            return -jnp.sum(yj * jax.nn.log_softmax(h @ w + b)) / xj.shape[0]
-        g = jax.grad(loss_fn)  # eager: every primitive dispatched one by one
+        loss_fn = _mlp_relu_loss(jnp, jax.nn.log_softmax)
+        g = jax.grad(lambda p: loss_fn(p, xj, yj))  # eager: every primitive dispatched one by one
         return lambda: g(p)
 
     def autograd_impl():
         import autograd
         import autograd.numpy as anp
-
-        def loss_fn(p):
-            h = x
-            for w, b in p[:-1]:
-                h = anp.maximum(h @ w + b, 0.0)
-            w, b = p[-1]
-            z = h @ w + b
-            z = z - anp.max(z, axis=1, keepdims=True)
-            return -anp.sum(y * (z - anp.log(anp.sum(anp.exp(z), axis=1, keepdims=True)))) / 128
-        g = autograd.grad(loss_fn)
+        loss_fn = _mlp_relu_loss(anp, _autograd_log_softmax)
+        g = autograd.grad(lambda p: loss_fn(p, x, y))
         return lambda: g(params)
 
     return Workload("W1e eager grad of the MLP loss", "no jit: dispatch + AD overhead",
@@ -209,11 +220,7 @@ def w2():
     def functrax_impl():
         import functrax as ft
         import functrax.numpy as fnp
-
-        def loss(p, xi, yi):
-            (w1, b1), (w2, b2) = p
-            h = fnp.tanh(xi @ w1 + b1)
-            return -fnp.sum(yi * ft.nn.log_softmax(h @ w2 + b2))
+        loss = _mlp_tanh_loss(fnp, ft.nn.log_softmax)
         f = ft.jit(ft.vmap(ft.grad(loss), in_axes=(None, 0, 0)))
         return lambda: f(params, x, y)
 
@@ -221,11 +228,7 @@ def w2():
         import jax
         import jax.numpy as jnp
         p = jax.tree_util.tree_map(jnp.asarray, params)
-
-        def loss(p, xi, yi):
-            (w1, b1), (w2, b2) = p
-            h = jnp.tanh(xi @ w1 + b1)
-            return -jnp.sum(yi * jax.nn.log_softmax(h @ w2 + b2))
+        loss = _mlp_tanh_loss(jnp, jax.nn.log_softmax)
         f = jax.jit(jax.vmap(jax.grad(loss), in_axes=(None, 0, 0)))
         xj, yj = jnp.asarray(x), jnp.asarray(y)
         return lambda: f(p, xj, yj)
@@ -235,11 +238,7 @@ def w2():
         from torch.func import grad, vmap
         tp = _torch_tree(params)
         tx, ty = torch.tensor(x), torch.tensor(y)
-
-        def loss(p, xi, yi):
-            (w1, b1), (w2, b2) = p
-            h = torch.tanh(xi @ w1 + b1)
-            return -(yi * torch.log_softmax(h @ w2 + b2, -1)).sum()
+        loss = _mlp_tanh_loss(torch, lambda z: torch.log_softmax(z, -1))
         f = vmap(grad(loss), in_dims=(None, 0, 0))
         return lambda: f(tp, tx, ty)
 
@@ -247,12 +246,7 @@ def w2():
         # The baseline vmap replaces: a Python loop of (jitted) per-example gradients.
         import functrax as ft
         import functrax.numpy as fnp
-
-        def loss(p, xi, yi):
-            (w1, b1), (w2, b2) = p
-            h = fnp.tanh(xi @ w1 + b1)
-            return -fnp.sum(yi * ft.nn.log_softmax(h @ w2 + b2))
-        g = ft.jit(ft.grad(loss))
+        g = ft.jit(ft.grad(_mlp_tanh_loss(fnp, ft.nn.log_softmax)))
 
         def step():
             per = [g(params, x[i], y[i]) for i in range(x.shape[0])]
@@ -280,19 +274,14 @@ def w3():
     def functrax_impl():
         import functrax as ft
         import functrax.numpy as fnp
-
-        def f(x):
-            return fnp.sum(fnp.tanh(a @ x) ** 2) + ft.nn.logsumexp(x)
+        f = _w3_function(fnp, a, ft.nn.logsumexp)
         h = ft.jit(ft.hessian(f))
         return lambda: h(x)
 
     def jax_impl():
         import jax
         import jax.numpy as jnp
-        aj = jnp.asarray(a)
-
-        def f(x):
-            return jnp.sum(jnp.tanh(aj @ x) ** 2) + jax.nn.logsumexp(x)
+        f = _w3_function(jnp, jnp.asarray(a), jax.nn.logsumexp)
         h = jax.jit(jax.hessian(f))
         xj = jnp.asarray(x)
         return lambda: h(xj)
@@ -300,11 +289,8 @@ def w3():
     def torch_impl():
         import torch
         from torch.func import hessian
-        ta, tx = torch.tensor(a), torch.tensor(x)
-
-        def f(x):
-            return (torch.tanh(ta @ x) ** 2).sum() + torch.logsumexp(x, 0)
-        h = hessian(f)
+        tx = torch.tensor(x)
+        h = hessian(_w3_function(torch, torch.tensor(a), lambda v: torch.logsumexp(v, 0)))
         return lambda: h(tx)
 
     def autograd_impl():
@@ -329,19 +315,14 @@ def w3b():
     def functrax_impl():
         import functrax as ft
         import functrax.numpy as fnp
-
-        def f(x):
-            return fnp.sum(fnp.tanh(a @ x) ** 2) + ft.nn.logsumexp(x)
+        f = _w3_function(fnp, a, ft.nn.logsumexp)
         hvp = ft.jit(lambda x, v: ft.jvp(ft.grad(f), (x,), (v,))[1])
         return lambda: hvp(x, v)
 
     def jax_impl():
         import jax
         import jax.numpy as jnp
-        aj = jnp.asarray(a)
-
-        def f(x):
-            return jnp.sum(jnp.tanh(aj @ x) ** 2) + jax.nn.logsumexp(x)
+        f = _w3_function(jnp, jnp.asarray(a), jax.nn.logsumexp)
         hvp = jax.jit(lambda x, v: jax.jvp(jax.grad(f), (x,), (v,))[1])
         xj, vj = jnp.asarray(x), jnp.asarray(v)
         return lambda: hvp(xj, vj)
@@ -349,10 +330,8 @@ def w3b():
     def torch_impl():
         import torch
         from torch.func import grad, jvp
-        ta, tx, tv = torch.tensor(a), torch.tensor(x), torch.tensor(v)
-
-        def f(x):
-            return (torch.tanh(ta @ x) ** 2).sum() + torch.logsumexp(x, 0)
+        tx, tv = torch.tensor(x), torch.tensor(v)
+        f = _w3_function(torch, torch.tensor(a), lambda v: torch.logsumexp(v, 0))
         return lambda: jvp(grad(f), (tx,), (tv,))[1]
 
     return Workload("W3b HVP (jit)", "jvp of grad of the W3 function", 
@@ -490,24 +469,7 @@ def w6():
         import functrax as ft
         import functrax.numpy as fnp
         from functrax import lax
-        dn = ("NHWC", "HWIO", "NHWC")
-
-        def pool(h):
-            return lax.reduce_window(h, -fnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
-
-        def loss_fn(p, x, y):
-            (k1, c1), (k2, c2), (wd, bd) = p
-            h = pool(fnp.maximum(lax.conv_general_dilated(x, k1, (1, 1), "SAME",
-                                                          dimension_numbers=dn) + c1, 0.0))
-            h = pool(fnp.maximum(lax.conv_general_dilated(h, k2, (1, 1), "SAME",
-                                                          dimension_numbers=dn) + c2, 0.0))
-            logits = h.reshape(h.shape[0], -1) @ wd + bd
-            return -fnp.sum(y * ft.nn.log_softmax(logits)) / x.shape[0]
-
-        @ft.jit
-        def step(p, x, y):
-            loss, g = ft.value_and_grad(loss_fn)(p, x, y)
-            return loss, ft.tree_util.tree_map(lambda a, b: a - lr * b, p, g)
+        step = _jit_sgd_step(ft, _convnet_loss(fnp, lax, ft.nn.log_softmax), lr)
         return lambda: step(params, x, y)
 
     def jax_impl():
@@ -515,24 +477,7 @@ def w6():
         import jax.numpy as jnp
         from jax import lax
         p = jax.tree_util.tree_map(jnp.asarray, params)
-        dn = ("NHWC", "HWIO", "NHWC")
-
-        def pool(h):
-            return lax.reduce_window(h, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
-
-        def loss_fn(p, x, y):
-            (k1, c1), (k2, c2), (wd, bd) = p
-            h = pool(jnp.maximum(lax.conv_general_dilated(x, k1, (1, 1), "SAME",
-                                                          dimension_numbers=dn) + c1, 0.0))
-            h = pool(jnp.maximum(lax.conv_general_dilated(h, k2, (1, 1), "SAME",
-                                                          dimension_numbers=dn) + c2, 0.0))
-            logits = h.reshape(h.shape[0], -1) @ wd + bd
-            return -jnp.sum(y * jax.nn.log_softmax(logits)) / x.shape[0]
-
-        @jax.jit
-        def step(p, x, y):
-            loss, g = jax.value_and_grad(loss_fn)(p, x, y)
-            return loss, jax.tree_util.tree_map(lambda a, b: a - lr * b, p, g)
+        step = _jit_sgd_step(jax, _convnet_loss(jnp, lax, jax.nn.log_softmax), lr)
         xj, yj = jnp.asarray(x), jnp.asarray(y)
         return lambda: step(p, xj, yj)
 

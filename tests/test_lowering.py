@@ -397,6 +397,72 @@ def test_scan_gradient_accumulators_leave_the_loop():
                   [np.asarray(o) for o in ft.grad(_rnn_loss)(p, xs, ys)], rtol=1e-10)
 
 
+def _scan_bodies(jaxpr):
+    return [e.params["jaxpr"].jaxpr for e in jaxpr.eqns if e.primitive.name == "scan"]
+
+
+def test_scan_input_only_and_output_only_work_leaves_the_loop():
+    p, xs, ys = _rnn_args()
+    jaxpr, consts = _simplified(lambda p, xs: lax.scan(
+        lambda h, x: (fnp.tanh(x @ p[0] + h @ p[1] + p[2]), (fnp.tanh(x @ p[0] + h @ p[1] +
+                                                                       p[2]) @ p[3])),
+        fnp.zeros((2, 4)), xs), p, xs)
+    hoisted, hconsts = plan.hoist_scan_invariants(jaxpr, consts)
+    core.typecheck_jaxpr(hoisted)
+    (body,) = _scan_bodies(hoisted)
+    # Left in the loop: h @ wh, one add and the tanh. x @ wx (+ b) is one product over all
+    # steps before the loop, h @ v one product over the stacked h after it.
+    assert sorted(_prims(body)) == ["add", "dot_general", "tanh"]
+    pre = hoisted.eqns[:[e.primitive.name for e in hoisted.eqns].index("scan")]
+    assert any(e.primitive.name == "dot_general" and e.invars[0].aval.ndim == 3 for e in pre)
+    want = core.eval_jaxpr(jaxpr, consts, *p, xs)
+    _assert_close(core.eval_jaxpr(hoisted, hconsts, *p, xs), want, rtol=1e-12)
+
+
+def test_scan_hoisting_in_the_gradient_program():
+    p, xs, ys = _rnn_args(np.float32, steps=7)
+    closed = ft.make_jaxpr(ft.grad(_rnn_loss))(p, xs, ys)
+    jaxpr, consts = _simplified(ft.grad(_rnn_loss), p, xs, ys)
+    jaxpr, consts = plan.sink_scan_accumulators(jaxpr, consts)
+    hoisted, _ = plan.hoist_scan_invariants(*plan.simplify(jaxpr, consts))
+    core.typecheck_jaxpr(hoisted)
+    fwd, bwd = _scan_bodies(hoisted)
+    assert _prims(fwd).count("dot_general") == 1
+    # The backward loop: the cotangent of h, times tanh', through wh; the outer product of
+    # the output cotangent with v was computed for every step before the loop.
+    assert _prims(bwd).count("dot_general") == 1
+    want = [np.asarray(o) for o in ft.grad(_rnn_loss)(p, xs, ys)]
+    _assert_close(numba_cpu.lower(closed)(*p, xs, ys), want, rtol=2e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_scan_hoisting_edge_cases(reverse):
+    # Invariant work (sin w), an xs-only y, a carry set to an input-only value, a y computed
+    # after the loop from a stacked carry, a nested scan, and an unused xs.
+    def f(c0, xs, zs, w):
+        def body(c, xz):
+            x, z, _ = xz
+            a, b = c
+            sw = fnp.sin(w)
+            a = fnp.tanh(a @ sw + x)
+            inner, _ = lax.scan(lambda k, e: (k * 0.5 + e, None), fnp.sum(a), x)
+            return (a, x * 2.0), (x + 1.0, a * 3.0 + inner, fnp.sum(b), sw.sum())
+        return lax.scan(body, (c0, c0), (xs, zs, zs), reverse=reverse)
+    rng = np.random.default_rng(3)
+    c0, xs, zs = rng.standard_normal(3), rng.standard_normal((5, 3)), rng.standard_normal(5)
+    w = rng.standard_normal((3, 3))
+    jaxpr, consts = _simplified(f, c0, xs, zs, w)
+    hoisted, hconsts = plan.hoist_scan_invariants(jaxpr, consts)
+    core.typecheck_jaxpr(hoisted)
+    (body,) = [b for b in _scan_bodies(hoisted) if "tanh" in _prims(b)]
+    assert "sin" not in _prims(body)
+    want = ft.tree_util.tree_flatten(f(c0, xs, zs, w))[0]
+    _assert_close(core.eval_jaxpr(hoisted, hconsts, c0, xs, zs, w),
+                  [np.asarray(o) for o in want], rtol=1e-12)
+    _assert_close(numba_cpu.lower(ft.make_jaxpr(f)(c0, xs, zs, w))(c0, xs, zs, w),
+                  [np.asarray(o) for o in want], rtol=1e-12)
+
+
 @pytest.mark.parametrize("reverse", [False, True])
 def test_inlined_scan_matches_eager(reverse):
     def f(c0, xs, w):
@@ -451,6 +517,24 @@ def test_direct_dot_general_forms_match_impl(dims):
     cpu, ref = _run_both(g, x, y)
     _assert_close(cpu, ref, rtol=1e-12)
     assert "_np.dot" in numba_cpu.lower(ft.make_jaxpr(g)(x, y)).source
+
+
+@pytest.mark.parametrize("shapes,dims", [
+    (((6, 3), (6, 4)), (((), ()), ((0,), (0,)))),              # per-example outer product
+    (((3, 6), (4, 6)), (((), ()), ((1,), (1,)))),              # batch dims last
+    (((6, 2, 3), (4, 6)), (((), ()), ((0,), (1,)))),
+    (((2, 5, 3), (5, 2)), (((), ()), ((0, 1), (1, 0)))),
+    (((6, 3), (4,)), (((), ()), ((), ()))),                    # outer products of any rank
+    (((2, 3, 4), (5, 2, 4)), (((2,), (2,)), ((0,), (1,)))),    # contraction: the impl
+])
+def test_direct_outer_products_match_impl(shapes, dims):
+    rng = np.random.default_rng(5)
+    a, b = (rng.standard_normal(s).astype(np.float32) for s in shapes)
+    f = lambda a, b: lax.dot_general(a, b, dims)  # noqa: E731
+    cpu, ref = _run_both(f, a, b)
+    _assert_close(cpu, ref, rtol=0, atol=0)  # products without sums are exact
+    src = numba_cpu.lower(ft.make_jaxpr(f)(a, b)).source
+    assert ("einsum" in src or "outer" in src) == (not dims[0][0])
 
 
 def test_broadcasts_read_by_elementwise_ops_are_not_materialised():

@@ -95,6 +95,19 @@ def _split(seq, sizes):
     return out
 
 
+def _avals_str(avals):
+    """A group of avals as the abstract-eval messages print it: (f32[3], i32[])."""
+    return f"({', '.join(a.str_short() for a in avals)})"
+
+
+def _check_same_types(avals, expected, message):
+    """Raise TypeError(message(i, got, want)) at the first operand whose aval differs from
+    what the jaxpr expects."""
+    for i, (a, e) in enumerate(zip(avals, expected)):
+        if not a.same_type(e):
+            raise TypeError(message(i, a.str_short(), e.str_short()))
+
+
 def _or(a, b):
     return [x or y for x, y in zip(a, b)]
 
@@ -268,10 +281,8 @@ def _scan_abstract_eval(*avals, jaxpr, length, reverse, num_consts, num_carry, l
                         f"{num_carry} carries")
     consts, init, xs = _split(avals, [num_consts, num_carry])
     bc, bcarry, bx = _split(j_in, [num_consts, num_carry])
-    for i, (a, b) in enumerate(zip(consts, bc)):
-        if not a.same_type(b):
-            raise TypeError(f"scan: constant operand {i} is {a.str_short()} but the body "
-                            f"expects {b.str_short()}")
+    _check_same_types(consts, bc, lambda i, got, want: (
+        f"scan: constant operand {i} is {got} but the body expects {want}"))
     for i, (a, b, o) in enumerate(zip(init, bcarry, j_out[:num_carry])):
         if not a.same_type(b):
             raise TypeError(f"scan: carry {i} is {a.str_short()} but the body expects "
@@ -615,15 +626,12 @@ def _cond_abstract_eval(index, *ops, branches):
         if len(b.in_avals) != len(ops):
             raise TypeError(f"cond: branch {k} takes {len(b.in_avals)} operands, got "
                             f"{len(ops)}")
-        for i, (a, e) in enumerate(zip(ops, b.in_avals)):
-            if not a.same_type(e):
-                raise TypeError(f"cond: operand {i} is {a.str_short()} but branch {k} "
-                                f"expects {e.str_short()}")
+        _check_same_types(ops, b.in_avals, lambda i, got, want: (
+            f"cond: operand {i} is {got} but branch {k} expects {want}"))
         outs = b.out_avals
         if len(outs) != len(out0) or any(not x.same_type(y) for x, y in zip(outs, out0)):
-            raise TypeError(f"cond: branch {k} returns "
-                            f"({', '.join(a.str_short() for a in outs)}) but branch 0 returns "
-                            f"({', '.join(a.str_short() for a in out0)})")
+            raise TypeError(f"cond: branch {k} returns {_avals_str(outs)} but branch 0 returns "
+                            f"{_avals_str(out0)}")
     return [ShapedArray(a.shape, a.dtype, all(b.out_avals[i].weak_type for b in branches))
             for i, a in enumerate(out0)]
 
@@ -901,23 +909,18 @@ def _while_abstract_eval(*avals, cond_jaxpr, body_jaxpr, cond_nconsts, body_ncon
     if len(cond_jaxpr.in_avals) != cond_nconsts + len(carry) or \
             len(body_jaxpr.in_avals) != body_nconsts + len(carry):
         raise TypeError("while_loop: operand counts do not match the cond and body jaxprs")
-    for i, (a, b) in enumerate(zip(cc + carry, cond_jaxpr.in_avals)):
-        if not a.same_type(b):
-            raise TypeError(f"while_loop: cond_fun input {i} is {a.str_short()} but the "
-                            f"jaxpr expects {b.str_short()}")
+    _check_same_types(cc + carry, cond_jaxpr.in_avals, lambda i, got, want: (
+        f"while_loop: cond_fun input {i} is {got} but the jaxpr expects {want}"))
     outs = cond_jaxpr.out_avals
     if len(outs) != 1 or outs[0].shape != () or not dtypes.is_bool(outs[0].dtype):
         raise TypeError(f"while_loop: cond_fun must return a boolean scalar, got "
-                        f"({', '.join(a.str_short() for a in outs)})")
-    for i, (a, b) in enumerate(zip(bc + carry, body_jaxpr.in_avals)):
-        if not a.same_type(b):
-            raise TypeError(f"while_loop: body_fun input {i} is {a.str_short()} but the "
-                            f"jaxpr expects {b.str_short()}")
+                        f"{_avals_str(outs)}")
+    _check_same_types(bc + carry, body_jaxpr.in_avals, lambda i, got, want: (
+        f"while_loop: body_fun input {i} is {got} but the jaxpr expects {want}"))
     b_out = body_jaxpr.out_avals
     if len(b_out) != len(carry) or any(not a.same_type(b) for a, b in zip(b_out, carry)):
-        raise TypeError(f"while_loop: body_fun returns "
-                        f"({', '.join(a.str_short() for a in b_out)}) for a carry of "
-                        f"({', '.join(a.str_short() for a in carry)})")
+        raise TypeError(f"while_loop: body_fun returns {_avals_str(b_out)} for a carry of "
+                        f"{_avals_str(carry)}")
     return list(body_jaxpr.in_avals[body_nconsts:])
 
 
@@ -953,9 +956,8 @@ def while_loop(cond_fun, body_fun, init_val, max_steps=None):
         avals = [get_aval(x) for x in leaves]
         cj, c_h, _, c_out, _ = _trace_user_fun(cond_fun, args_tree, avals)
         if len(c_out) != 1 or c_out[0].shape != () or not dtypes.is_bool(c_out[0].dtype):
-            got = ", ".join(a.str_short() for a in c_out)
             raise _locate(TypeError(f"while_loop: cond_fun must return a boolean scalar, got "
-                                    f"({got})"))
+                                    f"{_avals_str(c_out)}"))
         bj, b_h, b_tree, b_out, _ = _trace_user_fun(body_fun, args_tree, avals)
         if b_tree != tree:
             raise _locate(TypeError(f"while_loop: body_fun must return a value with the same "

@@ -142,6 +142,21 @@ def _in_bounds(xp, starts, dims, limits):
     return ok
 
 
+def _window_operand_dims(dn, rank):
+    """The operand dims that a scatter's update windows span, in order: the dims that are
+    neither inserted (size-1, not in the window) nor batching dims."""
+    return [d for d in range(rank) if d not in dn.inserted_window_dims
+            and d not in dn.operand_batching_dims]
+
+
+def _scatter_window(dn, rank, updates_shape):
+    """The size, along every operand dim, of the window one index vector scatters into."""
+    window = [1] * rank
+    for k, d in enumerate(_window_operand_dims(dn, rank)):
+        window[d] = updates_shape[dn.update_window_dims[k]]
+    return window
+
+
 def _check_dims(name, what, dims, bound, allow_unsorted=True):
     if len(set(dims)) != len(dims) or any(not 0 <= d < bound for d in dims):
         raise TypeError(f"{name}: {what} {dims} must be distinct dims in [0, {bound})")
@@ -365,11 +380,7 @@ def _scatter_impl(kind):
             # Give a rank-0 operand a dim to index; it is removed again below.
             out = out.reshape(1)
         rank = out.ndim
-        inserted = set(dn.inserted_window_dims) | set(dn.operand_batching_dims)
-        window = [1] * rank
-        win_op_dims = [d for d in range(rank) if d not in inserted] if not scalar else []
-        for k, d in enumerate(win_op_dims):
-            window[d] = updates.shape[dn.update_window_dims[k]]
+        window = [1] if scalar else _scatter_window(dn, rank, updates.shape)
         scatter_dims = [i for i in range(updates.ndim) if i not in dn.update_window_dims]
         upd = xp.transpose(updates, scatter_dims + list(dn.update_window_dims))
         b = int(np.prod(indices.shape[:-1], dtype=np.int64))
@@ -437,9 +448,7 @@ def _scatter_abstract_eval(name):
             raise TypeError(f"{name}: the scatter dims of updates {updates.shape} "
                             f"({scatter_sizes}) must equal the batch dims of the indices "
                             f"{indices.shape[:-1]}")
-        win_op_dims = [d for d in range(rank) if d not in dn.inserted_window_dims
-                       and d not in dn.operand_batching_dims]
-        for k, d in enumerate(win_op_dims):
+        for k, d in enumerate(_window_operand_dims(dn, rank)):
             if updates.shape[dn.update_window_dims[k]] > operand.shape[d]:
                 raise ValueError(f"{name}: update window {updates.shape} does not fit in the "
                                  f"operand {operand.shape} along operand dim {d}")
@@ -479,12 +488,7 @@ def _gather_of_scatter(dn, updates_shape, rank):
         start_index_map=dn.scatter_dims_to_operand_dims,
         operand_batching_dims=dn.operand_batching_dims,
         start_indices_batching_dims=dn.scatter_indices_batching_dims)
-    sizes = [1] * rank
-    win_op_dims = [d for d in range(rank) if d not in dn.inserted_window_dims
-                   and d not in dn.operand_batching_dims]
-    for k, d in enumerate(win_op_dims):
-        sizes[d] = updates_shape[dn.update_window_dims[k]]
-    return gdn, tuple(sizes)
+    return gdn, tuple(_scatter_window(dn, rank, updates_shape))
 
 
 def _gather_at_updates(x, indices, updates_shape, dimension_numbers, mode):

@@ -49,6 +49,14 @@ def _check_matrix(name, x, square=True):
                         f"convert with astype(float)")
 
 
+def _solution_aval(a, b):
+    """The aval of x solving a x = b (or x a = b): the broadcast batch dims, b's matrix
+    shape, the promoted dtype."""
+    lead = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    dtype, _ = dtypes.promote_avals_dtype([a, b])
+    return ShapedArray(lead + b.shape[-2:], dtype)
+
+
 def _T(x):
     nd = get_aval(x).ndim
     return transpose(x, tuple(range(nd - 2)) + (nd - 1, nd - 2))
@@ -212,9 +220,7 @@ def _triangular_solve_abstract_eval(a, b, *, left_side, lower, transpose_a, unit
     if (b.shape[-2] if left_side else b.shape[-1]) != n:
         raise TypeError(f"triangular_solve: a of shape {a.shape} does not match b of shape "
                         f"{b.shape} (left_side={left_side})")
-    lead = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
-    dtype, _ = dtypes.promote_avals_dtype([a, b])
-    return ShapedArray(lead + b.shape[-2:], dtype)
+    return _solution_aval(a, b)
 
 
 triangular_solve_p = Primitive("triangular_solve")
@@ -488,9 +494,7 @@ def _solve_abstract_eval(a, b):
     if b.ndim < 2 or b.shape[-2] != a.shape[-1]:
         raise TypeError(f"solve: a of shape {a.shape} and b of shape {b.shape} do not match "
                         f"(b must be (..., {a.shape[-1]}, k))")
-    lead = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
-    dtype, _ = dtypes.promote_avals_dtype([a, b])
-    return ShapedArray(lead + b.shape[-2:], dtype)
+    return _solution_aval(a, b)
 
 
 solve_p = Primitive("solve")

@@ -1,5 +1,8 @@
-"""Argument handling shared by functrax.numpy: array conversion and dtype promotion."""
+"""Argument handling shared by functrax.numpy: array conversion and dtype promotion, and
+the wrapper that makes errors raised by a numpy function name the user's line."""
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 
@@ -7,22 +10,39 @@ from .. import core, dtypes
 from ..core import Tracer, get_aval
 
 
+def user_line(fn):
+    """Errors raised here name the user's line, as errors from abstract evaluation do."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (IndexError, ValueError, TypeError) as e:
+            raise core._locate(e) from None
+    return wrapper
+
+
 def asarray_arg(x):
     """Leaves numbers, numpy arrays and tracers as they are; converts lists and tuples."""
     if isinstance(x, (list, tuple)):
-        if any(isinstance(e, Tracer) for e in _flat(x)):
+        if holds_tracer(x):
             from .creation import array
             return array(x)
         return np.asarray(x)
     return x
 
 
-def _flat(x):
+def nested_leaves(x):
+    """The non-list, non-tuple entries of nested lists and tuples, in order."""
     for e in x:
         if isinstance(e, (list, tuple)):
-            yield from _flat(e)
+            yield from nested_leaves(e)
         else:
             yield e
+
+
+def holds_tracer(x):
+    """Whether the nested lists and tuples ``x`` hold a tracer anywhere."""
+    return any(isinstance(e, Tracer) for e in nested_leaves(x))
 
 
 def promote_inexact(name, *args):

@@ -19,32 +19,12 @@ import numpy as np
 
 from .. import core, dtypes, lax
 from ..core import Tracer, get_aval, wrap_array
+from ._util import holds_tracer, user_line as _user_line
 
 __all__ = ["array", "asarray", "zeros", "ones", "full", "empty", "zeros_like", "ones_like",
            "full_like", "empty_like", "arange", "linspace", "logspace", "geomspace", "eye",
            "identity", "meshgrid", "tri", "tril_indices", "triu_indices", "diag_indices",
            "tril_indices_from", "triu_indices_from", "copy", "asarray_copy"]
-
-def _user_line(fn):
-    """Errors raised here name the user's line, as errors from abstract evaluation do."""
-    import functools
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except (IndexError, ValueError, TypeError) as e:
-            raise core._locate(e) from None
-    return wrapper
-
-
-
-def _leaves(x):
-    for e in x:
-        if isinstance(e, (list, tuple)):
-            yield from _leaves(e)
-        else:
-            yield e
 
 
 def _traced(x):
@@ -56,7 +36,7 @@ def asarray(a, dtype=None, copy=None):
     """An array (functrax.Array eagerly, the tracer itself under a transformation)."""
     if isinstance(a, Tracer):
         return a if dtype is None else lax.convert_element_type(a, dtype)
-    if isinstance(a, (list, tuple)) and any(isinstance(e, Tracer) for e in _leaves(a)):
+    if isinstance(a, (list, tuple)) and holds_tracer(a):
         return array(a, dtype=dtype)
     out = np.asarray(a, dtype=dtype)
     if core._state.dynamic is not None:
@@ -69,8 +49,7 @@ def array(object, dtype=None, copy=True, ndmin=0):  # noqa: A002 - numpy's name
     """Like numpy.array; nested lists holding traced values are stacked."""
     if isinstance(object, Tracer):
         out = object if dtype is None else lax.convert_element_type(object, dtype)
-    elif isinstance(object, (list, tuple)) and any(isinstance(e, Tracer)
-                                                   for e in _leaves(object)):
+    elif isinstance(object, (list, tuple)) and holds_tracer(object):
         from .shape_ops import stack
         elems = [array(e) if isinstance(e, (list, tuple)) else e for e in object]
         avals = [get_aval(e) for e in elems]
@@ -291,37 +270,39 @@ def meshgrid(*xi, copy=True, sparse=False, indexing="xy"):
     return out
 
 
-def _index_pair(rows, cols):
+def _triangle_indices(name, np_fn, n, k, m):
+    rows, cols = np_fn(int(_static(n, name)), int(k), None if m is None else int(m))
     return asarray(rows), asarray(cols)
+
+
+def _matrix_shape(name, arr):
+    s = get_aval(arr).shape
+    if len(s) != 2:
+        raise ValueError(f"{name}: input array must be 2-d, got shape {s}")
+    return s
 
 
 @_user_line
 def tril_indices(n, k=0, m=None):
     """Row and column indices of the lower triangle (static arguments)."""
-    return _index_pair(*np.tril_indices(int(_static(n, "tril_indices")), int(k),
-                                        None if m is None else int(m)))
+    return _triangle_indices("tril_indices", np.tril_indices, n, k, m)
 
 
 @_user_line
 def triu_indices(n, k=0, m=None):
     """Row and column indices of the upper triangle (static arguments)."""
-    return _index_pair(*np.triu_indices(int(_static(n, "triu_indices")), int(k),
-                                        None if m is None else int(m)))
+    return _triangle_indices("triu_indices", np.triu_indices, n, k, m)
 
 
 @_user_line
 def tril_indices_from(arr, k=0):
-    s = get_aval(arr).shape
-    if len(s) != 2:
-        raise ValueError(f"tril_indices_from: input array must be 2-d, got shape {s}")
+    s = _matrix_shape("tril_indices_from", arr)
     return tril_indices(s[0], k, s[1])
 
 
 @_user_line
 def triu_indices_from(arr, k=0):
-    s = get_aval(arr).shape
-    if len(s) != 2:
-        raise ValueError(f"triu_indices_from: input array must be 2-d, got shape {s}")
+    s = _matrix_shape("triu_indices_from", arr)
     return triu_indices(s[0], k, s[1])
 
 

@@ -26,22 +26,10 @@ import numpy as np
 
 from .. import core, dtypes, lax
 from ..core import Tracer, get_aval
-from ._util import asarray_arg
+from ._util import asarray_arg, holds_tracer, user_line as _user_line
 
 __all__ = ["getitem", "index_update", "take", "take_along_axis", "where", "select",
            "nonzero", "argwhere", "flatnonzero", "diag", "diagonal", "tril", "triu"]
-
-def _user_line(fn):
-    """Errors raised here name the user's line, as errors from abstract evaluation do."""
-    import functools
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except (IndexError, ValueError, TypeError) as e:
-            raise core._locate(e) from None
-    return wrapper
 
 
 _INDEX_ERROR = ("only integers, slices (`:`), ellipsis (`...`), numpy.newaxis (`None`) and "
@@ -90,8 +78,7 @@ def _classify(item, what):
         return ("dyn", item) if aval.ndim == 0 else ("array", item)
     if isinstance(item, (list, tuple)):
         from .creation import array
-        arr = array(item) if any(isinstance(e, Tracer) for e in _leaves(item)) else \
-            np.asarray(item)
+        arr = array(item) if holds_tracer(item) else np.asarray(item)
         if not isinstance(arr, Tracer) and arr.size == 0 and arr.dtype.kind == "f":
             arr = arr.astype(np.int64)  # numpy reads an empty list as an empty int index
         return _classify(arr, what)
@@ -103,14 +90,6 @@ def _classify(item, what):
             raise IndexError(f"{what}: {_INDEX_ERROR}; got an array of dtype {arr.dtype}")
         return ("int", int(arr)) if arr.ndim == 0 else ("array", arr)
     raise IndexError(f"{what}: {_INDEX_ERROR}; got {type(item).__name__}")
-
-
-def _leaves(x):
-    for e in x:
-        if isinstance(e, (list, tuple)):
-            yield from _leaves(e)
-        else:
-            yield e
 
 
 def _parse(x, index, what):

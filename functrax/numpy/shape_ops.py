@@ -220,37 +220,31 @@ def stack(arrays, axis=0, dtype=None):
     return concatenate([lax.expand_dims(x, (axis,)) for x in arrays], axis=axis, dtype=dtype)
 
 
+def _at_least(arys, new_shape):
+    """numpy's atleast_*d: each argument reshaped to ``new_shape(shape)`` (None leaves it as
+    it is); one array back for one argument, else a list."""
+    out = []
+    for a in arys:
+        a = asarray_arg(a)
+        shape = new_shape(get_aval(a).shape)
+        out.append(a if shape is None else lax.reshape(a, shape))
+    return out[0] if len(out) == 1 else out
+
+
 @_user_line
 def atleast_1d(*arys):
-    out = [asarray_arg(a) for a in arys]
-    out = [lax.reshape(a, (1,)) if get_aval(a).ndim == 0 else a for a in out]
-    return out[0] if len(out) == 1 else out
+    return _at_least(arys, lambda s: (1,) if len(s) == 0 else None)
 
 
 @_user_line
 def atleast_2d(*arys):
-    out = []
-    for a in arys:
-        a = asarray_arg(a)
-        nd = get_aval(a).ndim
-        out.append(lax.reshape(a, (1,) * (2 - nd) + get_aval(a).shape) if nd < 2 else a)
-    return out[0] if len(out) == 1 else out
+    return _at_least(arys, lambda s: (1,) * (2 - len(s)) + s if len(s) < 2 else None)
 
 
 @_user_line
 def atleast_3d(*arys):
-    out = []
-    for a in arys:
-        a = asarray_arg(a)
-        s = get_aval(a).shape
-        if len(s) == 0:
-            a = lax.reshape(a, (1, 1, 1))
-        elif len(s) == 1:
-            a = lax.reshape(a, (1, s[0], 1))
-        elif len(s) == 2:
-            a = lax.reshape(a, s + (1,))
-        out.append(a)
-    return out[0] if len(out) == 1 else out
+    # numpy puts a 1-d array's length in the middle and a 2-d array's dims first.
+    return _at_least(arys, lambda s: {0: (1, 1, 1), 1: (1,) + s + (1,), 2: s + (1,)}.get(len(s)))
 
 
 @_user_line
