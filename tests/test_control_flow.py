@@ -592,3 +592,21 @@ def test_control_flow_under_jit_matches_eager():
     _allclose(ft.grad(ft.jit(_bounded))(1.2), ft.grad(_bounded_unrolled)(1.2))
     vf = ft.jit(ft.vmap(cond_f))
     _allclose(vf(np.array([-1.0, 2.0])), [cond_f(-1.0), cond_f(2.0)])
+
+
+def test_bounded_while_stores_one_carry_per_step():
+    # The body computes several intermediates of the carry's size; reverse mode must keep
+    # only the per-step carry (the body is checkpointed), not every intermediate.
+    def loop(a):
+        def body(c):
+            x, i = c
+            junk = fnp.tanh(x) * fnp.exp(-x) + fnp.sin(x) * x  # intermediates, not needed
+            return (0.5 * (x + a / x) + 0.0 * junk, i + 1)
+        return lax.while_loop(lambda c: c[1] < 20, body, (a, 0), max_steps=25)[0]
+
+    a = fnp.linspace(1.0, 4.0, 100)
+    _, f_jvp = ft.linearize(lambda a: fnp.sum(loop(a)), a)
+    per_step = [c for c in f_jvp.jaxpr.consts if np.shape(c) == (25, 100)]
+    assert len(per_step) <= 3, f"{len(per_step)} per-step residual arrays stored"
+    np.testing.assert_allclose(ft.grad(lambda a: fnp.sum(loop(a)))(a), 0.5 / np.sqrt(a),
+                               rtol=1e-10)

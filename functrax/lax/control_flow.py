@@ -51,9 +51,10 @@ Design choices
   a residual for the linear ``cond``.
 * Beyond JAX: ``while_loop(..., max_steps=n)`` supports reverse mode. Its partial evaluation
   rewrites the loop as a ``scan`` of ``n`` steps whose body is ``cond(pred, body, identity)``:
-  finished steps leave the carry unchanged and cost almost nothing to run, but the residuals
-  of the scan are stored for all ``n`` steps, so memory is proportional to ``max_steps``
-  (choose it close to the expected trip count). Without ``max_steps`` a ``while_loop`` is
+  finished steps leave the carry unchanged and cost almost nothing to run. The body is
+  checkpointed, so reverse mode stores one carry per step (not the body's intermediates) and
+  recomputes the body on the way back: memory is proportional to ``max_steps`` times the
+  carry (choose ``max_steps`` close to the expected trip count). Without ``max_steps`` a ``while_loop`` is
   forward-mode only (``jvp``, ``linearize``), as in JAX, and ``grad`` raises an error that
   says to pass ``max_steps``.
 * ``fori_loop`` with concrete bounds is a ``scan`` (so ``grad`` works); with traced bounds it
@@ -1041,11 +1042,19 @@ ad.jvp_rules[while_p] = _while_jvp
 
 def _while_as_scan_step(cond_jaxpr, body_jaxpr, cond_nconsts, body_nconsts):
     """One step of a bounded while loop as a scan body: ``[cond consts, body consts, carry]
-    -> carry``, applying the body while the predicate holds and the identity afterwards."""
+    -> carry``, applying the body while the predicate holds and the identity afterwards.
+
+    The body is checkpointed (nothing saved inside it): reverse mode then stores one carry per
+    step and recomputes the body's intermediates on the way back, so memory is proportional
+    to the steps times the carry, not to everything the body computes."""
+    from ..remat import checkpoint, checkpoint_policies
     from .structural import convert_element_type
     cn, bn = cond_nconsts, body_nconsts
     b_avals = body_jaxpr.in_avals
     identity = _trace_rule(lambda *a: list(a[bn:]), b_avals)
+    body_fn = checkpoint(lambda *a: core.eval_jaxpr(body_jaxpr.jaxpr, body_jaxpr.consts, *a),
+                         policy=checkpoint_policies.nothing_saveable)
+    body_jaxpr = _trace_rule(lambda *a: list(body_fn(*a)), b_avals)
 
     def step(*args):
         cc, bc, carry = _split(args, [cn, bn])
