@@ -411,9 +411,12 @@ class JitFunction:
                                 f"argument.")
         return tuple(dyn_args), dyn_kwargs, tuple(statics)
 
-    def _call_general(self, args, kwargs):
-        if _cfg.disable_jit:
-            return self._fun(*args, **kwargs)
+    def _entry(self, args, kwargs, lowering):
+        """The cache entry for these arguments, traced on a miss (the caller decides whether
+        to keep a new one). Static arguments are split off, the rest flattened, and each
+        leaf's part of the cache key computed: a call turns list/tuple leaves into arrays;
+        ``lower`` also takes ShapeDtypeStructs (with their weak type). Returns (entry, new,
+        key, leaves, in_tree, sigs, statics, backend)."""
         dyn_args, dyn_kwargs, statics = self._split(args, kwargs)
         leaves, in_tree = tree_flatten((dyn_args, dyn_kwargs))
         # Where the arguments live picks the back end (GPU arrays -> cuda), unless given.
@@ -422,21 +425,35 @@ class JitFunction:
         for i, x in enumerate(leaves):
             s = _leaf_sig(x)
             if s is None:
-                if isinstance(x, (list, tuple)):
-                    x = leaves[i] = np.asarray(x)
-                    s = _leaf_sig(x)
-                else:
+                if lowering:
+                    raise TypeError(f"jit of {self._name}.lower: a leaf of type "
+                                    f"{type(x).__name__} is not an array or a "
+                                    f"ShapeDtypeStruct")
+                if not isinstance(x, (list, tuple)):
                     raise TypeError(
                         f"jit of {self._name}: an argument leaf of type {type(x).__name__} is "
                         f"not an array ({x!r}); pass arrays or numbers, or mark the argument "
                         f"static with static_argnums / static_argnames")
+                x = leaves[i] = np.asarray(x)
+                s = _leaf_sig(x)
+            elif lowering and getattr(x, "weak_type", False) and s[0] != "weak":
+                s = (s[0], s[1], True)
             sigs.append(s)
         key = (in_tree, tuple(sigs), statics, backend)
         entry = self._cache.get(key)
-        if entry is None:
-            self.stats.cache_misses += 1
-            entry = self._trace(args, kwargs, dyn_args, dyn_kwargs, statics, leaves, in_tree,
-                                sigs, backend)
+        if entry is not None:
+            return entry, False, key, leaves, in_tree, sigs, statics, backend
+        self.stats.cache_misses += 1
+        entry = self._trace(args, kwargs, dyn_args, dyn_kwargs, statics, leaves, in_tree, sigs,
+                            backend)
+        return entry, True, key, leaves, in_tree, sigs, statics, backend
+
+    def _call_general(self, args, kwargs):
+        if _cfg.disable_jit:
+            return self._fun(*args, **kwargs)
+        entry, new, key, leaves, in_tree, sigs, statics, backend = self._entry(
+            args, kwargs, lowering=False)
+        if new:
             if entry.tracer_consts is None:
                 self._cache[key] = entry
                 if self._simple and not kwargs and len(sigs) == len(args) and all(
@@ -585,24 +602,9 @@ class JitFunction:
     def lower(self, *args, **kwargs):
         """Trace and lower for these arguments (arrays or ShapeDtypeStructs) without running:
         ``.as_text()`` shows the jaxpr and the generated code, ``.compile()`` the callable."""
-        dyn_args, dyn_kwargs, statics = self._split(args, kwargs)
-        leaves, in_tree = tree_flatten((dyn_args, dyn_kwargs))
-        backend = self._backend or infer_backend(leaves) or _cfg.default_backend
-        sigs = []
-        for x in leaves:
-            s = _leaf_sig(x)
-            if s is None:
-                raise TypeError(f"jit of {self._name}.lower: a leaf of type "
-                                f"{type(x).__name__} is not an array or a ShapeDtypeStruct")
-            if getattr(x, "weak_type", False) and s[0] != "weak":
-                s = (s[0], s[1], True)
-            sigs.append(s)
-        key = (in_tree, tuple(sigs), statics, backend)
-        entry = self._cache.get(key)
-        if entry is None:
-            self.stats.cache_misses += 1
-            entry = self._trace(args, kwargs, dyn_args, dyn_kwargs, statics, leaves, in_tree,
-                                sigs, backend)
+        entry, new, key, leaves, in_tree, sigs, statics, backend = self._entry(
+            args, kwargs, lowering=True)
+        if new:
             if entry.tracer_consts is not None:
                 raise TypeError(f"jit of {self._name}.lower: the function closes over traced "
                                 f"values; lower it outside of transformations")

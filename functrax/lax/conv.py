@@ -246,7 +246,10 @@ def _conv_impl(lhs, rhs, *, window_strides, padding, lhs_dilation, rhs_dilation,
     G, BG = feature_group_count, batch_group_count
     if G == 1 and BG == 1:
         Q = int(np.prod(x.shape[1:-1], dtype=np.int64))
-        if Q * O < P * C:
+        # Overlap-add writes fewer numbers than im2col but adds K strided slices (about
+        # three times the cost per number of im2col's contiguous copy, measured on W6):
+        # it wins only for few output features (a first layer's input gradient).
+        if 3 * Q * O <= P * C:
             out = _overlap_add_product(x, w, out_sp, k_sp, window_strides, rhs_dilation, xp)
         else:
             out = _patch_product(view, w, nsp, xp)

@@ -1,6 +1,7 @@
 """The CUDA back end: a jaxpr becomes a driver launching numba-cuda kernels on device arrays.
 
-``lower(closed)`` runs the shared passes of ``plan.py`` (inline, simplify, fuse) and then, per
+``lower(closed)`` runs the shared passes of ``plan.py`` (``prepare``: inline, simplify, scan
+accumulators and loop-independent scan work out of the loops; then fuse) and then, per
 step:
 
 * every fused ``Cluster`` (an elementwise chain with its broadcasts, possibly ended by
@@ -65,15 +66,8 @@ generated_kernels: list = []
 # returning the list of its outputs.
 lowering_rules: dict = {}
 
-_DTYPES = {np.dtype(t) for t in (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8,
-                                 np.uint16, np.uint32, np.uint64, np.float32, np.float64)}
-_FLOAT_ONLY = {"div", "rem", "pow", "exp", "log", "expm1", "log1p", "sin", "cos", "tanh",
-               "sqrt", "logistic", "floor"}
 
-
-def _dt(dt):
-    dt = np.dtype(dt)
-    return "bool_" if dt == np.bool_ else dt.name
+_dt = plan.dtype_name
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,22 +167,9 @@ def runtime():
 # What may be fused
 
 
-def can_fuse(eqn):
-    """Whether the CUDA kernel generator handles ``eqn`` (dtypes and operations)."""
-    avals = [v.aval for v in eqn.invars] + [v.aval for v in eqn.outvars]
-    if any(a.dtype not in _DTYPES for a in avals):
-        return False
-    name = eqn.primitive.name
-    out_dt = eqn.outvars[0].aval.dtype
-    if name in _FLOAT_ONLY and out_dt.kind != "f":
-        return False
-    if name in ("add", "sub", "mul", "neg", "max", "min", "abs", "sign") and out_dt.kind == "b":
-        return False
-    if name in plan.REDUCTIONS and out_dt.kind == "b":
-        return False
-    if name == "select_n" and eqn.invars[0].aval.dtype.kind == "b" and len(eqn.invars) != 3:
-        return False
-    return True
+# Whether the CUDA kernel generator handles ``eqn`` (dtypes and operations): the same
+# rules as the CPU kernels.
+can_fuse = plan.kernel_can_fuse
 
 
 # ---------------------------------------------------------------------------------------------
@@ -237,32 +218,17 @@ def _floor(a):
 
 
 # Constants are typed: an untyped 1 next to a float32 makes numba compute in float64.
-@_cuda.jit(device=True, inline=True)
-def _logistic32(a):
-    e = _np.float32(_exp(-abs(a)))
-    one = _np.float32(1)
+''' + "\n\n".join('''@_cuda.jit(device=True, inline=True)
+def _logistic{bits}(a):
+    e = _np.float{bits}(_exp(-abs(a)))
+    one = _np.float{bits}(1)
     if a >= 0:
         return one / (one + e)
     return e / (one + e)
+'''.format(bits=bits) for bits in (32, 64))
 
 
-@_cuda.jit(device=True, inline=True)
-def _logistic64(a):
-    e = _np.float64(_exp(-abs(a)))
-    one = _np.float64(1)
-    if a >= 0:
-        return one / (one + e)
-    return e / (one + e)
-'''
-
-
-def _cast(expr, src, dst):
-    src, dst = np.dtype(src), np.dtype(dst)
-    if src == dst:
-        return expr
-    if dst.kind == "b":
-        return f"({expr} != 0)"
-    return f"_np.{_dt(dst)}({expr})"
+_cast = plan.cast_src
 
 
 def _typed(expr, dt):
@@ -271,9 +237,7 @@ def _typed(expr, dt):
     return expr if dt.kind == "b" else f"_np.{_dt(dt)}({expr})"
 
 
-def _promoted(avals):
-    from .. import dtypes
-    return dtypes.promote_avals_dtype(avals)[0]
+_promoted = plan.promoted_dtype
 
 
 _BIN = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
@@ -330,25 +294,13 @@ def _scalar_expr(eqn, args, in_avals):
     if name == "select_n":
         which = args[0]
         cases = [_cast(c, av.dtype, out) for c, av in zip(args[1:], in_avals[1:])]
-        if in_avals[0].dtype.kind == "b":
-            return f"({cases[1]} if {which} else {cases[0]})"
-        expr = cases[-1]
-        for i in range(len(cases) - 2, -1, -1):
-            expr = f"({cases[i]} if {which} == {i} else {expr})"
-        return expr
+        return plan.select_src(which, cases, in_avals[0].dtype.kind == "b")
     if name == "convert_element_type":
         return _cast(args[0], in_avals[0].dtype, eqn.params["new_dtype"])
     raise AssertionError(f"cuda: no kernel code for {name}")  # can_fuse keeps this unreachable
 
 
-def _literal_src(val, dtype):
-    dtype = np.dtype(dtype)
-    v = np.asarray(val).astype(dtype)[()]
-    if dtype.kind == "f":
-        return f"_np.{_dt(dtype)}(float.fromhex('{float(v).hex()}'))"
-    if dtype.kind == "b":
-        return "True" if bool(v) else "False"
-    return f"_np.{_dt(dtype)}({int(v)})"
+_literal_src = plan.literal_src
 
 
 # ---------------------------------------------------------------------------------------------
@@ -390,30 +342,14 @@ def compile_ptx(spec, cc=(9, 0)):
 
 
 def _coalesce(cluster):
-    """Merge adjacent dims that every load and reduction treats alike; drop size-1 dims.
-    Returns (groups: original dims per loop dim, loop_shape)."""
-    shape = cluster.shape
-    red = [set(e.params["axes"]) for e in cluster.eqns if e.primitive.name in plan.REDUCTIONS]
-
-    def sig(d):
-        return (tuple(view[d] == 1 for _, view in cluster.loads),
-                tuple(d in r for r in red))
-
-    groups = []
-    for d in range(len(shape)):
-        if shape[d] == 1:
-            continue
-        if groups and sig(groups[-1][-1]) == sig(d):
-            groups[-1].append(d)
-        else:
-            groups.append([d])
+    """``plan.coalesce``, with one loop dim of size 1 when every dim has size 1."""
+    groups, loop_shape = plan.coalesce(cluster)
     if not groups:
         return [[]], (1,)
-    return groups, tuple(int(np.prod([shape[d] for d in g], dtype=np.int64)) for g in groups)
+    return groups, loop_shape
 
 
-def _view_in_loop(view, groups):
-    return tuple(int(np.prod([view[d] for d in g], dtype=np.int64)) for g in groups)
+_view_in_loop = plan.view_in_loop
 
 
 def _reduction_axes(cluster):
@@ -729,8 +665,7 @@ def _split_by_reduction_axes(cluster):
 
 
 def _prepare(closed):
-    jaxpr, consts = plan.inline_calls(closed.jaxpr, closed.consts)
-    jaxpr, consts = plan.simplify(jaxpr, consts)
+    jaxpr, consts = plan.prepare(closed.jaxpr, closed.consts)
     steps = []
     for st in plan.fuse(jaxpr, plan.DEFAULT_FUSIBLE, can_fuse):
         if isinstance(st, Cluster) and _reduction_axes(st) is None:
@@ -874,57 +809,22 @@ def _plain(rt, x):
 
 
 def _scan_rule(eqn, lower_sub, rt):
-    p = eqn.params
-    body_closed = p["jaxpr"]
-    body = lower_sub(body_closed)
-    nc, nk, length, reverse = p["num_consts"], p["num_carry"], p["length"], p["reverse"]
-    carry_avals = body_closed.in_avals[nc:nc + nk]
-    y_avals = body_closed.out_avals[nk:]
     xp = rt.xp
-
-    def run(*args):
-        consts = args[:nc]
-        carry = list(args[nc:nc + nk])
-        xs = [rt.to_device(x) for x in args[nc + nk:]]
-        ys = [xp.empty((length,) + tuple(a.shape), a.dtype) for a in y_avals]
-        for i in (range(length - 1, -1, -1) if reverse else range(length)):
-            outs = body(*consts, *carry, *[x[i] for x in xs])
-            carry = [_plain(rt, c) for c in _fit(xp, outs[:nk], carry_avals)]
-            for buf, y in zip(ys, outs[nk:]):
-                buf[i] = _plain(rt, y)
-        return carry + ys
-    return run
+    return plan.scan_runner(eqn, lower_sub(eqn.params["jaxpr"]),
+                            lambda outs, avals: _fit(xp, outs, avals), rt.to_device, xp.empty,
+                            plain=lambda x: _plain(rt, x))
 
 
 def _cond_rule(eqn, lower_sub, rt):
-    branches = eqn.params["branches"]
-    subs = [lower_sub(b) for b in branches]
-    last = len(branches) - 1
-
-    def run(index, *ops):
-        i = int(index)  # one scalar to the host picks the branch
-        i = 0 if i < 0 else (last if i > last else i)
-        return _fit(rt.xp, subs[i](*ops), branches[i].out_avals)
-    return run
+    return plan.cond_runner(eqn, [lower_sub(b) for b in eqn.params["branches"]],
+                            lambda outs, avals: _fit(rt.xp, outs, avals))
 
 
 def _while_rule(eqn, lower_sub, rt):
     p = eqn.params
-    cj, bj = p["cond_jaxpr"], p["body_jaxpr"]
-    cond, body = lower_sub(cj), lower_sub(bj)
-    cn, bn, max_steps = p["cond_nconsts"], p["body_nconsts"], p["max_steps"]
-    carry_avals = bj.in_avals[bn:]
-
-    def run(*args):
-        cc, bc, carry = args[:cn], args[cn:cn + bn], list(args[cn + bn:])
-        steps = 0
-        while max_steps is None or steps < max_steps:
-            if not bool(cond(*cc, *carry)[0]):  # the predicate is the one host round trip
-                break
-            carry = [_plain(rt, c) for c in _fit(rt.xp, body(*bc, *carry), carry_avals)]
-            steps += 1
-        return carry
-    return run
+    return plan.while_runner(eqn, lower_sub(p["cond_jaxpr"]), lower_sub(p["body_jaxpr"]),
+                             lambda outs, avals: _fit(rt.xp, outs, avals),
+                             plain=lambda x: _plain(rt, x))
 
 
 lowering_rules["scan"] = _scan_rule

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import time
 
 import numpy as np
@@ -61,56 +62,22 @@ lowering_rules: dict = {}
 counters = {"numba_kernels_built": 0, "numba_kernels_reused": 0, "blocked_kernels": 0,
             "numba_compiles": 0, "numba_disk_hits": 0}
 
-_NUMBA_DTYPES = {np.dtype(t) for t in (np.bool_, np.int8, np.int16, np.int32, np.int64,
-                                       np.uint8, np.uint16, np.uint32, np.uint64, np.float32,
-                                       np.float64)}
-_FLOAT_ONLY = {"div", "rem", "pow", "exp", "log", "expm1", "log1p", "sin", "cos", "tanh",
-               "sqrt", "logistic", "floor"}
 
-
-def _dt_name(dt):
-    return np.dtype(dt).name if np.dtype(dt) != np.bool_ else "bool_"
+_dt_name = plan.dtype_name
 
 
 # ---------------------------------------------------------------------------------------------
-# What may be fused
+# What may be fused: the same operations and dtypes as every kernel generator
 
-
-def _can_fuse(eqn):
-    avals = [v.aval for v in eqn.invars] + [v.aval for v in eqn.outvars]
-    if any(a.dtype not in _NUMBA_DTYPES for a in avals):
-        return False
-    name = eqn.primitive.name
-    out_dt = eqn.outvars[0].aval.dtype
-    if name in _FLOAT_ONLY and out_dt.kind != "f":
-        return False
-    if name in ("add", "sub", "mul", "neg", "max", "min", "abs", "sign") and out_dt.kind == "b":
-        return False
-    if name in plan.REDUCTIONS and out_dt.kind == "b":
-        return False
-    if name == "select_n":
-        w = eqn.invars[0].aval.dtype
-        if w.kind == "b" and len(eqn.invars) != 3:
-            return False
-    return True
+_can_fuse = plan.kernel_can_fuse
 
 
 # ---------------------------------------------------------------------------------------------
 # Scalar code for the numba kernels
 
 
-def _cast(expr, src, dst):
-    src, dst = np.dtype(src), np.dtype(dst)
-    if src == dst:
-        return expr
-    if dst.kind == "b":
-        return f"({expr} != 0)"
-    return f"_np.{_dt_name(dst)}({expr})"
-
-
-def _promoted(avals):
-    from .. import dtypes
-    return dtypes.promote_avals_dtype(avals)[0]
+_cast = plan.cast_src
+_promoted = plan.promoted_dtype
 
 
 def _wrap_int(expr, dtype):
@@ -174,12 +141,7 @@ def _scalar_expr(eqn, args, in_avals):
     if name == "select_n":
         which, cases = args[0], [_cast(c, av.dtype, out) for c, av in
                                  zip(args[1:], in_avals[1:])]
-        if in_avals[0].dtype.kind == "b":
-            return f"({cases[1]} if {which} else {cases[0]})"
-        expr = cases[-1]
-        for i in range(len(cases) - 2, -1, -1):
-            expr = f"({cases[i]} if {which} == {i} else {expr})"
-        return expr
+        return plan.select_src(which, cases, in_avals[0].dtype.kind == "b")
     if name == "convert_element_type":
         return _cast(args[0], in_avals[0].dtype, p["new_dtype"])
     raise NotImplementedError(name)  # _can_fuse and ELEMENTWISE keep this unreachable
@@ -215,42 +177,9 @@ def _logistic(a):
 '''
 
 
-def _literal_src(val, dtype):
-    """A source expression for a constant, exact for every float (inf and nan included)."""
-    dtype = np.dtype(dtype)
-    v = np.asarray(val).astype(dtype)[()]
-    if dtype.kind == "f":
-        return f"_np.{_dt_name(dtype)}(float.fromhex('{float(v).hex()}'))"
-    if dtype.kind == "b":
-        return "True" if bool(v) else "False"
-    return f"_np.{_dt_name(dtype)}({int(v)})"
-
-
-def _coalesce(cluster):
-    """Merge adjacent dims of the iteration space that every load and reduction treats alike.
-    Returns (groups, loop_shape) where groups lists the original dims of each loop dim."""
-    shape = cluster.shape
-    n = len(shape)
-    red_axes = [set(e.params["axes"]) for e in cluster.eqns if e.primitive.name in plan.REDUCTIONS]
-
-    def sig(d):
-        return (tuple(view[d] == 1 for _, view in cluster.loads),
-                tuple(d in r for r in red_axes))
-
-    groups = []
-    for d in range(n):
-        if shape[d] == 1:
-            continue
-        if groups and sig(groups[-1][-1]) == sig(d):
-            groups[-1].append(d)
-        else:
-            groups.append([d])
-    loop_shape = tuple(int(np.prod([shape[d] for d in g])) for g in groups)
-    return groups, loop_shape
-
-
-def _view_in_loop(view, groups):
-    return tuple(int(np.prod([view[d] for d in g])) for g in groups)
+_literal_src = plan.literal_src
+_coalesce = plan.coalesce
+_view_in_loop = plan.view_in_loop
 
 
 def _numba_kernel_source(cluster, groups, loop_shape, parallel):
@@ -843,19 +772,35 @@ def _direct_dot(eqn, args):
     a, b = eqn.invars
     dt = eqn.outvars[0].aval.dtype
     pref = eqn.params.get("preferred_element_type")
-    if lb or rb or a.aval.dtype != dt or b.aval.dtype != dt or dt.kind not in "fc" or \
+    if a.aval.dtype != dt or b.aval.dtype != dt or dt.kind not in "fc" or \
             (pref is not None and np.dtype(pref) != dt):
         return None
     na, nb = a.aval.ndim, b.aval.ndim
     if _weak_scalar(a) or _weak_scalar(b):
         return None
-    if (na > 2 or nb > 2) and lc:
+    if lb or rb:
+        if lc:
+            return None
+        # Batched outer products (per-example weight gradients): one einsum without a
+        # summed index is an elementwise product, exact, and far faster than a matmul
+        # with an inner dimension of 1.
+        letters = "abcdefghijklmnopqrstuvwxyz"
+        sa = [letters[i] for i in range(na)]
+        sb = [letters[na + i] for i in range(nb)]
+        for i, j in zip(lb, rb):
+            sb[j] = sa[i]
+        out = [sa[i] for i in lb] + [sa[i] for i in range(na) if i not in lb] + \
+            [sb[j] for j in range(nb) if j not in rb]
+        return f"_np.einsum('{''.join(sa)},{''.join(sb)}->{''.join(out)}', {args[0]}, " \
+            f"{args[1]})"
+    if len(lc) == 0:
+        # No contraction and no batch dims: every element of a times every element of b.
+        if na == 0 or nb == 0:
+            return None
+        return f"_np.multiply.outer({args[0]}, {args[1]})"
+    if na > 2 or nb > 2:
         return _direct_dot_flat(eqn, args)
     if na not in (1, 2) or nb not in (1, 2):
-        return None
-    if len(lc) == 0:
-        if na == 1 and nb == 1:
-            return f"_np.multiply.outer({args[0]}, {args[1]})"
         return None
     if len(lc) != 1:
         return None
@@ -871,26 +816,30 @@ def _direct_dot_flat(eqn, args):
     (lc, rc), _ = eqn.params["dimension_numbers"]
     a, b = eqn.invars
     out_shape = tuple(eqn.outvars[0].aval.shape)
-    k = len(lc)
     la, lb_ = a.aval.shape, b.aval.shape
     kdim = int(np.prod([la[d] for d in lc], dtype=np.int64))
     fa = int(np.prod(la, dtype=np.int64)) // kdim if kdim else 0
     fb = int(np.prod(lb_, dtype=np.int64)) // kdim if kdim else 0
     if kdim == 0 or 0 in out_shape:
         return None
-    if tuple(lc) == tuple(range(k)):
-        A = f"_np.reshape({args[0]}, ({kdim}, {fa})).T"
-    elif tuple(lc) == tuple(range(a.aval.ndim - k, a.aval.ndim)):
-        A = f"_np.reshape({args[0]}, ({fa}, {kdim}))"
-    else:
-        return None
-    if tuple(rc) == tuple(range(k)):
-        B = f"_np.reshape({args[1]}, ({kdim}, {fb}))"
-    elif tuple(rc) == tuple(range(b.aval.ndim - k, b.aval.ndim)):
-        B = f"_np.reshape({args[1]}, ({fb}, {kdim})).T"
-    else:
+    A = _matrix_view(args[0], lc, a.aval.ndim, kdim, fa, contract_last=True)
+    B = _matrix_view(args[1], rc, b.aval.ndim, kdim, fb, contract_last=False)
+    if A is None or B is None:
         return None
     return f"_np.reshape(_np.dot({A}, {B}), {out_shape!r})"
+
+
+def _matrix_view(arg, contract, ndim, kdim, free, contract_last):
+    """Source viewing an operand as the (free, kdim) matrix (``contract_last``) or the
+    (kdim, free) one, when its contracting dims lead or trail; else None."""
+    k = len(contract)
+    if tuple(contract) == tuple(range(k)):
+        lead, trans = (kdim, free), contract_last
+    elif tuple(contract) == tuple(range(ndim - k, ndim)):
+        lead, trans = (free, kdim), not contract_last
+    else:
+        return None
+    return f"_np.reshape({arg}, {lead!r}){'.T' if trans else ''}"
 
 
 def _broadcast_view(x_aval, params):
@@ -943,12 +892,7 @@ class _Emitter:
         """Emit code computing ``jaxpr`` (the shared passes run here) from the variables named
         ``in_names``. Returns (simplified jaxpr, output sources, whether each output's dtype
         is exactly its aval's)."""
-        jaxpr, consts = plan.inline_calls(jaxpr, consts)
-        jaxpr, consts = plan.simplify(jaxpr, consts)
-        n_eqns = len(jaxpr.eqns)
-        jaxpr, consts = plan.sink_scan_accumulators(jaxpr, consts)
-        if len(jaxpr.eqns) != n_eqns:  # fold the zero initial values of sunk accumulators
-            jaxpr, consts = plan.simplify(jaxpr, consts)
+        jaxpr, consts = plan.prepare(jaxpr, consts)
         steps = plan.fuse(jaxpr, plan.DEFAULT_FUSIBLE, _can_fuse)
         last = plan.last_uses(steps, jaxpr.outvars)
         names, typed, defined = {}, set(), set()
@@ -1020,7 +964,6 @@ class _Emitter:
             else:
                 lines.append(f"{ind}{outs[0]} = {fn}({args})")
 
-        sub_lines = []
         for si, step in enumerate(steps):
             if isinstance(step, OpStep):
                 self.summary.append(f"op {step.eqn.primitive}")
@@ -1103,6 +1046,7 @@ class _Emitter:
             lines.append(f"{ind}{y} = _np.empty({(length,) + tuple(a.shape)!r}, "
                          f"_np.{_dt_name(a.dtype)})")
         rng = f"range({length - 1}, -1, -1)" if reverse else f"range({length})"
+        for_at = len(lines)
         lines.append(f"{ind}for {i} in {rng}:")
         ind2 = ind + "    "
         xe = [self.fresh("e") for _ in xs]
@@ -1125,9 +1069,28 @@ class _Emitter:
             lines.append(f"{ind2}{', '.join(cn)}, = {', '.join(new)},")
         if len(lines) == start and not nk and not yn:
             lines.append(f"{ind2}pass")
+        self._contiguous_transposes(lines, for_at, consts, ind)
         for o, s in zip(outs, cn + yn):
             if o != "_":
                 lines.append(f"{ind}{o} = {s}")
+
+    def _contiguous_transposes(self, lines, for_at, consts, ind):
+        """Loop-invariant operands the loop reads transposed (``W.T`` in a product) are
+        transposed into a contiguous copy once, before the loop: BLAS is faster on them."""
+        names = {c for c in consts if c.isidentifier()}
+        found = {}
+        for k in range(for_at + 1, len(lines)):
+            for m in _TRANSPOSED.finditer(lines[k]):
+                if m.group(1) in names and m.group(1) not in found:
+                    found[m.group(1)] = self.fresh("w")
+            if found:
+                lines[k] = _TRANSPOSED.sub(lambda m: found.get(m.group(1), m.group(0)),
+                                           lines[k])
+        for c, w in found.items():
+            lines.insert(for_at, f"{ind}{w} = _np.ascontiguousarray({c}.T)")
+
+
+_TRANSPOSED = re.compile(r"\b([A-Za-z_][A-Za-z0-9_]*)\.T\b")
 
 
 def _lazy_broadcasts(op_eqns, steps, styles, outvars):
@@ -1394,56 +1357,17 @@ def _fit(outs, avals):
 
 
 def _scan_rule(eqn, lower_sub):
-    p = eqn.params
-    body_closed = p["jaxpr"]
-    body = lower_sub(body_closed)
-    nc, nk, length, reverse = p["num_consts"], p["num_carry"], p["length"], p["reverse"]
-    carry_avals = body_closed.in_avals[nc:nc + nk]
-    y_avals = body_closed.out_avals[nk:]
-
-    def run(*args):
-        consts, carry, xs = args[:nc], list(args[nc:nc + nk]), args[nc + nk:]
-        xs = [np.asarray(x) for x in xs]
-        ys = [np.empty((length,) + a.shape, a.dtype) for a in y_avals]
-        for i in (range(length - 1, -1, -1) if reverse else range(length)):
-            outs = body(*consts, *carry, *[x[i] for x in xs])
-            carry = _fit(outs[:nk], carry_avals)
-            for buf, y in zip(ys, outs[nk:]):
-                buf[i] = y
-        return list(carry) + [core.wrap_array(y) for y in ys]
-    return run
+    return plan.scan_runner(eqn, lower_sub(eqn.params["jaxpr"]), _fit, np.asarray, np.empty,
+                            wrap=core.wrap_array)
 
 
 def _cond_rule(eqn, lower_sub):
-    branches = eqn.params["branches"]
-    subs = [lower_sub(b) for b in branches]
-    avals = [b.out_avals for b in branches]
-    last = len(branches) - 1
-
-    def run(index, *ops):
-        i = int(index)
-        i = 0 if i < 0 else (last if i > last else i)
-        return _fit(subs[i](*ops), avals[i])
-    return run
+    return plan.cond_runner(eqn, [lower_sub(b) for b in eqn.params["branches"]], _fit)
 
 
 def _while_rule(eqn, lower_sub):
     p = eqn.params
-    cj, bj = p["cond_jaxpr"], p["body_jaxpr"]
-    cond, body = lower_sub(cj), lower_sub(bj)
-    cn, bn, max_steps = p["cond_nconsts"], p["body_nconsts"], p["max_steps"]
-    carry_avals = bj.in_avals[bn:]
-
-    def run(*args):
-        cc, bc, carry = args[:cn], args[cn:cn + bn], list(args[cn + bn:])
-        steps = 0
-        while max_steps is None or steps < max_steps:
-            if not bool(cond(*cc, *carry)[0]):
-                break
-            carry = _fit(body(*bc, *carry), carry_avals)
-            steps += 1
-        return carry
-    return run
+    return plan.while_runner(eqn, lower_sub(p["cond_jaxpr"]), lower_sub(p["body_jaxpr"]), _fit)
 
 
 lowering_rules["scan"] = _scan_rule

@@ -15,6 +15,14 @@ The pipeline every back end shares, up to code generation:
    anything else needs one of its values, which keeps the step list topologically ordered.
 4. ``last_uses``: the step after which each value is dead, for buffer reuse and early frees.
 
+Before fusion, ``prepare`` also rewrites ``scan`` equations: accumulating carries are summed
+once after the loop (``sink_scan_accumulators``), and work that does not need the carry is
+hoisted (``hoist_scan_invariants``): loop-invariant equations run once before the loop,
+input-only ones for all steps at once (batched over the stacked xs), output-only ones once
+after it on the stacked ys. The kernel-source helpers (``cast_src``, ``literal_src``,
+``coalesce``, ...) and the Python loop drivers for control flow (``scan_runner``,
+``cond_runner``, ``while_runner``) are shared by the CPU and CUDA back ends.
+
 >>> import functrax, functrax.numpy as fnp
 >>> from functrax.lowering import plan
 >>> closed = functrax.make_jaxpr(lambda x: fnp.sum(fnp.sin(x) * 1.0 + x))(fnp.ones(3))
@@ -33,7 +41,10 @@ from ..interpreters.partial_eval import dce_jaxpr, effectful_primitives
 
 __all__ = ["inline_calls", "simplify", "fuse", "last_uses", "Cluster", "OpStep",
            "ELEMENTWISE", "REDUCTIONS", "DEFAULT_FUSIBLE", "FOLD_MAX_SIZE", "CALL_PRIMITIVES",
-           "sink_scan_accumulators"]
+           "sink_scan_accumulators", "hoist_scan_invariants", "splice",
+           "prepare", "kernel_can_fuse", "KERNEL_DTYPES", "FLOAT_ONLY",
+           "scan_runner", "cond_runner", "while_runner", "dtype_name", "cast_src",
+           "literal_src", "select_src", "promoted_dtype", "coalesce", "view_in_loop"]
 
 # Elementwise primitives (by name) a fused kernel may contain, and the reductions that may end
 # one. Back ends pass the subset they can generate code for.
@@ -43,6 +54,107 @@ ELEMENTWISE = frozenset({
     "ne", "lt", "le", "gt", "ge", "and", "or", "not", "select_n", "convert_element_type"})
 REDUCTIONS = frozenset({"reduce_sum", "reduce_max", "reduce_min"})
 DEFAULT_FUSIBLE = ELEMENTWISE | REDUCTIONS | {"broadcast_in_dim"}
+
+# The dtypes kernel generators handle, and the operations they compute in floats only.
+KERNEL_DTYPES = frozenset(np.dtype(t) for t in (
+    np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64,
+    np.float32, np.float64))
+FLOAT_ONLY = frozenset({"div", "rem", "pow", "exp", "log", "expm1", "log1p", "sin", "cos",
+                        "tanh", "sqrt", "logistic", "floor"})
+
+
+def kernel_can_fuse(eqn):
+    """Whether a generated kernel (CPU or CUDA) can compute ``eqn``: every operand of a
+    ``KERNEL_DTYPES`` dtype, float-only operations on floats, arithmetic and reductions not
+    on booleans, boolean selects with two cases."""
+    avals = [v.aval for v in eqn.invars] + [v.aval for v in eqn.outvars]
+    if any(a.dtype not in KERNEL_DTYPES for a in avals):
+        return False
+    name = eqn.primitive.name
+    out_dt = eqn.outvars[0].aval.dtype
+    if name in FLOAT_ONLY and out_dt.kind != "f":
+        return False
+    if name in ("add", "sub", "mul", "neg", "max", "min", "abs", "sign") and out_dt.kind == "b":
+        return False
+    if name in REDUCTIONS and out_dt.kind == "b":
+        return False
+    if name == "select_n" and eqn.invars[0].aval.dtype.kind == "b" and len(eqn.invars) != 3:
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# Source helpers shared by the kernel generators (numba on the CPU, numba-cuda)
+
+
+def dtype_name(dt):
+    """numpy's name of a dtype as an attribute of the numpy module (``bool_`` for bool)."""
+    dt = np.dtype(dt)
+    return "bool_" if dt == np.bool_ else dt.name
+
+
+def cast_src(expr, src, dst):
+    """Source converting the scalar ``expr`` from dtype ``src`` to ``dst``."""
+    src, dst = np.dtype(src), np.dtype(dst)
+    if src == dst:
+        return expr
+    if dst.kind == "b":
+        return f"({expr} != 0)"
+    return f"_np.{dtype_name(dst)}({expr})"
+
+
+def literal_src(val, dtype):
+    """A source expression for a constant, exact for every float (inf and nan included)."""
+    dtype = np.dtype(dtype)
+    v = np.asarray(val).astype(dtype)[()]
+    if dtype.kind == "f":
+        return f"_np.{dtype_name(dtype)}(float.fromhex('{float(v).hex()}'))"
+    if dtype.kind == "b":
+        return "True" if bool(v) else "False"
+    return f"_np.{dtype_name(dtype)}({int(v)})"
+
+
+def select_src(which, cases, bool_predicate):
+    """Source for ``select_n(which, *cases)`` on scalars (cases already cast)."""
+    if bool_predicate:
+        return f"({cases[1]} if {which} else {cases[0]})"
+    expr = cases[-1]
+    for i in range(len(cases) - 2, -1, -1):
+        expr = f"({cases[i]} if {which} == {i} else {expr})"
+    return expr
+
+
+def promoted_dtype(avals):
+    from .. import dtypes
+    return dtypes.promote_avals_dtype(avals)[0]
+
+
+def coalesce(cluster):
+    """Merge adjacent dims of a cluster's iteration space that every load and reduction
+    treats alike, dropping size-1 dims. Returns (groups, loop_shape) where groups lists the
+    original dims of each loop dim (both empty when every dim has size 1)."""
+    shape = cluster.shape
+    red = [set(e.params["axes"]) for e in cluster.eqns if e.primitive.name in REDUCTIONS]
+
+    def sig(d):
+        return (tuple(view[d] == 1 for _, view in cluster.loads),
+                tuple(d in r for r in red))
+
+    groups = []
+    for d in range(len(shape)):
+        if shape[d] == 1:
+            continue
+        if groups and sig(groups[-1][-1]) == sig(d):
+            groups[-1].append(d)
+        else:
+            groups.append([d])
+    return groups, tuple(int(np.prod([shape[d] for d in g], dtype=np.int64)) for g in groups)
+
+
+def view_in_loop(view, groups):
+    """A load's view shape in the coalesced loop dims."""
+    return tuple(int(np.prod([view[d] for d in g], dtype=np.int64)) for g in groups)
+
 
 # Call-like primitives whose body is inlined into the caller.
 CALL_PRIMITIVES = frozenset({"pjit"})
@@ -77,23 +189,30 @@ def inline_calls(jaxpr: Jaxpr, consts):
     return Jaxpr(constvars, jaxpr.invars, outvars, eqns), constvals
 
 
+def splice(closed, args, out_eqns, constvars, constvals):
+    """Append the equations of ``closed`` applied to the atoms ``args`` to ``out_eqns``, with
+    fresh variables (its constants are appended to ``constvars``/``constvals``). Returns the
+    atoms holding its outputs."""
+    inner = closed.jaxpr
+    sub = {}
+    for cv, val in zip(inner.constvars, closed.consts):
+        nv = Var(cv.aval)
+        constvars.append(nv)
+        constvals.append(val)
+        sub[cv] = nv
+    sub.update(zip(inner.invars, args))
+    _inline_into(inner.eqns, sub, out_eqns, constvars, constvals, rename=True)
+    return [iv if _is_lit(iv) else sub.get(iv, iv) for iv in inner.outvars]
+
+
 def _inline_into(src_eqns, env, out_eqns, constvars, constvals, rename):
     for eqn in src_eqns:
         invars = [v if _is_lit(v) else env.get(v, v) for v in eqn.invars]
         if eqn.primitive.name in CALL_PRIMITIVES and "jaxpr" in eqn.params:
-            closed = eqn.params["jaxpr"]
-            inner = closed.jaxpr
-            sub = {}
-            for cv, val in zip(inner.constvars, closed.consts):
-                nv = Var(cv.aval)
-                constvars.append(nv)
-                constvals.append(val)
-                sub[cv] = nv
-            sub.update(zip(inner.invars, invars))
-            _inline_into(inner.eqns, sub, out_eqns, constvars, constvals, rename=True)
-            for ov, iv in zip(eqn.outvars, inner.outvars):
+            results = splice(eqn.params["jaxpr"], invars, out_eqns, constvars, constvals)
+            for ov, r in zip(eqn.outvars, results):
                 if type(ov) is not core.DropVar:
-                    env[ov] = iv if _is_lit(iv) else sub.get(iv, iv)
+                    env[ov] = r
             continue
         new = eqn._replace(invars=invars)
         if rename:
@@ -386,6 +505,22 @@ _FOLD_BIG = frozenset({"dot_general", "transpose", "reshape", "convert_element_t
 def _dce_keep_literals(jaxpr):
     # dce_jaxpr skips literal outvars when collecting the live set, which is what we want.
     return dce_jaxpr(jaxpr)
+
+
+def prepare(jaxpr: Jaxpr, consts):
+    """The program-level passes every back end runs before fusion: inline calls, simplify,
+    sink scan accumulators and hoist loop-independent scan work (each followed by another
+    simplification when it changed something). Returns (jaxpr, consts)."""
+    jaxpr, consts = inline_calls(jaxpr, consts)
+    jaxpr, consts = simplify(jaxpr, consts)
+    n_eqns = len(jaxpr.eqns)
+    jaxpr, consts = sink_scan_accumulators(jaxpr, consts)
+    if len(jaxpr.eqns) != n_eqns:  # fold the zero initial values of sunk accumulators
+        jaxpr, consts = simplify(jaxpr, consts)
+    hoisted = hoist_scan_invariants(jaxpr, consts)
+    if hoisted[0] is not jaxpr:
+        jaxpr, consts = simplify(*hoisted)
+    return jaxpr, consts
 
 
 # ---------------------------------------------------------------------------------------------
@@ -746,3 +881,447 @@ def _sink_one(eqn):
     outvars = [eqn.outvars[j] for j in keep] + list(eqn.outvars[nk:]) + \
         [o for _, o in new_ys]
     return [eqn._replace(invars=invars, outvars=outvars, params=params)] + post
+
+
+# ---------------------------------------------------------------------------------------------
+# Scan bodies: work that does not depend on the carry leaves the loop
+
+
+def hoist_scan_invariants(jaxpr: Jaxpr, consts):
+    """Move the work of ``scan`` bodies that does not need the loop out of it.
+
+    * Loop-invariant equations (reading only the scan's constants) run once before the loop;
+      their results enter the body as new constants.
+    * Input-only equations (reading the per-step ``xs`` and constants, not the carry) run for
+      every step at once before the loop, batched over the stacked ``xs`` (``x_t @ W`` for all
+      ``t`` is one large matrix product); their results enter the body as new ``xs``.
+    * Output-only equations (reading values the loop stacks anyway, whose results are only
+      stacked, never carried) run once after the loop on the stacks (``h_t @ v`` for all ``t``).
+
+    The batched forms come from the batching rules (``batch_jaxpr``), so every primitive with
+    a batching rule can move. Broadcasts whose readers all stay in the loop stay with them
+    (inside the loop they are free views). Sums ``(a + b) + c`` in the loop, with ``b`` and
+    ``c`` computable before it, are regrouped as ``a + (b + c)`` so that ``b + c`` moves too;
+    results then match the loop to rounding. Returns (jaxpr, consts); programs without scans
+    are returned as they are."""
+    if not any(e.primitive.name == "scan" for e in jaxpr.eqns):
+        return jaxpr, consts
+    constvars, constvals = list(jaxpr.constvars), list(consts)
+    env = {}
+    eqns = []
+    changed = False
+
+    def read(v):
+        return v if _is_lit(v) else env.get(v, v)
+
+    for eqn in jaxpr.eqns:
+        if env:
+            eqn = eqn._replace(invars=[read(v) for v in eqn.invars])
+        if eqn.primitive.name == "scan":
+            new = _hoist_one(eqn, eqns, constvars, constvals, env)
+            if new:
+                changed = True
+                continue
+        eqns.append(eqn)
+    if not changed:
+        return jaxpr, consts
+    return Jaxpr(constvars, jaxpr.invars, [read(v) for v in jaxpr.outvars], eqns), constvals
+
+
+def _movable(eqn):
+    return eqn.primitive not in effectful_primitives and not _has_subjaxpr(eqn)
+
+
+def _regroup_sums(body, ready):
+    """``add(add(a, b), c)`` -> ``add(a, add(b, c))`` where ``b`` and ``c`` are ``ready``
+    (computable before the loop) and ``a`` is not, so ``add(b, c)`` can move out. Only for
+    float values of one dtype where the inner sum has the outer's shape (no new broadcast)."""
+    producer = {}
+    uses = {}
+    for e in body.eqns:
+        for v in e.outvars:
+            producer[v] = e
+        for v in e.invars:
+            if not _is_lit(v):
+                uses[v] = uses.get(v, 0) + 1
+    for v in body.outvars:
+        if not _is_lit(v):
+            uses[v] = uses.get(v, 0) + 1
+    out, changed = [], False
+    replaced = {}
+    for e in body.eqns:
+        if e.primitive.name == "add" and len(e.invars) == 2:
+            new = _regroup_one(e, producer, uses, ready, replaced)
+            if new is not None:
+                out.extend(new)
+                changed = True
+                continue
+        out.append(e)
+    if not changed:
+        return body
+    eqns = [e for e in out if id(e) not in replaced]
+    return Jaxpr(body.constvars, body.invars, body.outvars, eqns)
+
+
+def _regroup_one(e, producer, uses, ready, replaced):
+    from .. import lax
+    out = e.outvars[0]
+    dt = out.aval.dtype
+    if dt.kind != "f":
+        return None
+    for u, c in (e.invars, e.invars[::-1]):
+        if _is_lit(u) or not (_is_lit(c) or c in ready) or uses.get(u) != 1:
+            continue
+        inner = producer.get(u)
+        if inner is None or inner.primitive.name != "add" or id(inner) in replaced:
+            continue
+        if u.aval.shape != out.aval.shape or u.aval.dtype != dt:
+            continue
+        if not _is_lit(c) and c.aval.dtype != dt:
+            continue
+        for a, b in (inner.invars, inner.invars[::-1]):
+            if _is_lit(b) or b not in ready or (not _is_lit(a) and a in ready):
+                continue
+            if b.aval.shape != u.aval.shape or b.aval.dtype != dt:
+                continue
+            t = Var(u.aval)
+            replaced[id(inner)] = True
+            ready.add(t)
+            return [JaxprEqn(lax.add_p, [b, c], {}, [t], inner.source_info),
+                    JaxprEqn(lax.add_p, [a, t], {}, [out], e.source_info)]
+    return None
+
+
+def _hoist_one(eqn, eqns, constvars, constvals, env):
+    """Hoist out of one scan equation, appending the equations that replace it to ``eqns``.
+    Returns whether anything moved (``eqns`` is untouched when not)."""
+    from ..interpreters import batching
+    p = eqn.params
+    closed = p["jaxpr"]
+    nc, nk, length = p["num_consts"], p["num_carry"], p["length"]
+    if length == 0:
+        return False
+    body, bconsts = inline_calls(closed.jaxpr, closed.consts)
+    body, bconsts = simplify(body, bconsts)
+    if len(body.invars) != len(closed.jaxpr.invars):
+        return False
+    b_in = body.invars
+    consts_in, carry_in, xs_in = list(b_in[:nc]), list(b_in[nc:nc + nk]), list(b_in[nc + nk:])
+    o_consts, o_init, o_xs = (list(eqn.invars[:nc]), list(eqn.invars[nc:nc + nk]),
+                              list(eqn.invars[nc + nk:]))
+    invariant = set(consts_in) | set(body.constvars)
+    ready = invariant | set(xs_in)
+    before = set(ready)
+    for e in body.eqns:
+        if _movable(e) and all(_is_lit(u) or u in before for u in e.invars):
+            before.update(e.outvars)
+    body = _regroup_sums(body, before)
+    # Classify: 'inv' (constants only) or 'in' (xs and constants) equations, in order.
+    kind = {}
+    for i, e in enumerate(body.eqns):
+        if not _movable(e):
+            continue
+        ins = [v for v in e.invars if not _is_lit(v)]
+        if all(v in invariant for v in ins):
+            kind[i] = "inv"
+            invariant.update(e.outvars)
+        elif all(v in ready for v in ins):
+            kind[i] = "in"
+            ready.update(e.outvars)
+    ready |= invariant
+    readers = {}
+    for i, e in enumerate(body.eqns):
+        for v in e.invars:
+            if not _is_lit(v):
+                readers.setdefault(v, []).append(i)
+    body_outs = {v for v in body.outvars if not _is_lit(v)}
+    # Broadcasts read only inside the loop stay there (views, not materialised stacks).
+    for i in sorted(kind, reverse=True):
+        e = body.eqns[i]
+        if e.primitive.name == "broadcast_in_dim" and e.outvars[0] not in body_outs and all(
+                j not in kind for j in readers.get(e.outvars[0], [])):
+            del kind[i]
+    hoisted_vals = {v for i in kind for v in body.eqns[i].outvars}
+    inv_vals = {v for i, k in kind.items() if k == "inv" for v in body.eqns[i].outvars}
+    remaining = [e for i, e in enumerate(body.eqns) if i not in kind]
+    needed = []          # hoisted values read by the loop (or returned by it)
+    seen = set()
+    for e in remaining:
+        for v in e.invars:
+            if not _is_lit(v) and v in hoisted_vals and v not in seen:
+                seen.add(v)
+                needed.append(v)
+    ys = body.outvars[nk:]
+    # A y that is an input-only value needs no loop: its stack is the batched value itself.
+    y_direct = {j for j, v in enumerate(ys) if not _is_lit(v) and v in hoisted_vals and
+                v not in inv_vals}
+    for j, v in enumerate(body.outvars):
+        if _is_lit(v) or v not in hoisted_vals or v in seen:
+            continue
+        if j >= nk and (j - nk) in y_direct:
+            continue
+        seen.add(v)
+        needed.append(v)
+    direct_vals = [ys[j] for j in sorted(y_direct) if ys[j] not in seen]
+    pre_out = needed + [v for v in dict.fromkeys(direct_vals)]
+    new_eqns = []
+    moved = bool(kind)
+    if pre_out:
+        sub = Jaxpr(list(body.constvars), consts_in + xs_in, pre_out,
+                    [body.eqns[i] for i in sorted(kind)])
+        sub_closed = core.ClosedJaxpr(sub, bconsts)
+        dsts = [None if v in inv_vals else 0 for v in pre_out]
+        if any(d == 0 for d in dsts):
+            sub_closed, _ = batching.batch_jaxpr(sub_closed, length,
+                                                 [None] * nc + [0] * len(xs_in), dsts)
+        pre_res = dict(zip(pre_out, splice(sub_closed, o_consts + o_xs, new_eqns, constvars,
+                                           constvals)))
+    else:
+        pre_res = {}
+    new_consts = [v for v in needed if v in inv_vals]
+    new_xs = [v for v in needed if v not in inv_vals]
+    # The loop that is left.
+    outvars = list(body.outvars)
+    y_keep = [j for j in range(len(ys)) if j not in y_direct]
+    y_outer = {}         # index of a y -> atom holding its stack after the rewrite
+    for j in y_direct:
+        y_outer[j] = pre_res[ys[j]]
+    loop_b = Jaxpr(list(body.constvars), consts_in + new_consts + carry_in + xs_in + new_xs,
+                   outvars[:nk] + [ys[j] for j in y_keep], remaining)
+    loop_consts = o_consts + [pre_res[v] for v in new_consts]
+    loop_xs = o_xs + [pre_res[v] for v in new_xs]
+    loop_outvars = list(eqn.outvars[:nk]) + [eqn.outvars[nk + j] for j in y_keep]
+    # Output-only equations move after the loop.
+    loop_b, loop_consts, loop_xs, loop_outvars, post = _sink_outputs(
+        loop_b, bconsts, len(loop_consts), nk, length, loop_consts, loop_xs, loop_outvars,
+        constvars, constvals)
+    if post is not None:
+        moved = True
+    if not moved:
+        return False
+    # Inputs the loop no longer reads are dropped.
+    loop_b, _ = dce_jaxpr(loop_b)
+    bconsts_kept = [c for v, c in zip(body.constvars, bconsts) if v in set(loop_b.constvars)]
+    read_vars = {v for e in loop_b.eqns for v in e.invars if not _is_lit(v)}
+    read_vars.update(v for v in loop_b.outvars if not _is_lit(v))
+    nc2 = len(loop_consts)
+    b_in = loop_b.invars
+    keep_c = [i for i in range(nc2) if b_in[i] in read_vars]
+    keep_x = [i for i in range(len(loop_xs)) if b_in[nc2 + nk + i] in read_vars]
+    final_in = [b_in[i] for i in keep_c] + list(b_in[nc2:nc2 + nk]) + \
+        [b_in[nc2 + nk + i] for i in keep_x]
+    loop_b = Jaxpr(loop_b.constvars, final_in, loop_b.outvars, loop_b.eqns)
+    linear = tuple(p.get("linear", (False,) * len(eqn.invars)))
+    lin_c = list(linear[:nc]) + [False] * (nc2 - nc)
+    lin_x = list(linear[nc + nk:]) + [False] * (len(loop_xs) - len(o_xs))
+    new_linear = tuple(lin_c[i] for i in keep_c) + tuple(linear[nc:nc + nk]) + \
+        tuple(lin_x[i] for i in keep_x)
+    params = dict(p, jaxpr=core.ClosedJaxpr(loop_b, bconsts_kept), num_consts=len(keep_c),
+                  linear=new_linear)
+    invars = [loop_consts[i] for i in keep_c] + o_init + [loop_xs[i] for i in keep_x]
+    eqns.extend(new_eqns)
+    eqns.append(eqn._replace(invars=invars, outvars=loop_outvars, params=params))
+    if post is not None:
+        post_eqns, post_map = post
+        eqns.extend(post_eqns)
+        env.update(post_map)
+    for j, atom in y_outer.items():
+        ov = eqn.outvars[nk + j]
+        if type(ov) is not core.DropVar:
+            env[ov] = atom
+    return True
+
+
+# Equations that are cheap per element: not worth a per-step copy of their operands.
+_LAYOUT_ONLY = ELEMENTWISE | {"broadcast_in_dim", "reshape", "transpose", "squeeze",
+                              "expand_dims", "slice", "concatenate", "pad", "iota"}
+
+
+def _output_only(body, stacked, unbatched, carry_out, loop_values):
+    """Indices of the equations of ``body`` that can run after the loop: their inputs are
+    stacked (or, with ``loop_values``, any value of the loop, to be stacked), constants, or
+    results of such equations; their results are only stacked or read by such equations."""
+    nc_vars = set(body.invars) - unbatched - set(stacked)
+    avail = set(stacked) | unbatched
+    if loop_values:
+        avail |= nc_vars | {v for e in body.eqns for v in e.outvars}
+    cand = []
+    for i, e in enumerate(body.eqns):
+        if not _movable(e):
+            continue
+        ins = [v for v in e.invars if not _is_lit(v)]
+        if all(v in avail for v in ins) and any(v not in unbatched for v in ins):
+            cand.append(i)
+            avail.update(e.outvars)
+    cand = set(cand)
+    readers = {}
+    for i, e in enumerate(body.eqns):
+        for v in e.invars:
+            if not _is_lit(v):
+                readers.setdefault(v, set()).add(i)
+    producer = {v: i for i, e in enumerate(body.eqns) for v in e.outvars}
+    changed = True
+    while changed:
+        changed = False
+        for i in sorted(cand):
+            e = body.eqns[i]
+            bad = any(v in carry_out or (readers.get(v, set()) - cand) for v in e.outvars)
+            if not loop_values:
+                bad = bad or any(not _is_lit(v) and v in producer and producer[v] not in cand
+                                 and v not in stacked for v in e.invars)
+            if bad:
+                cand.discard(i)
+                changed = True
+    return cand
+
+
+def _sink_outputs(body, bconsts, nc, nk, length, o_consts, o_xs, o_outvars, constvars,
+                  constvals):
+    """The output-only part of ``body`` (see ``hoist_scan_invariants``) as equations after the
+    loop. Returns (body, consts, xs, outvars, post) with post = None when nothing moves, else
+    (equations to run after the scan, {outer var: atom} for the ys they compute)."""
+    from ..interpreters import batching
+    b_in = body.invars
+    consts_in, xs_in = b_in[:nc], b_in[nc + nk:]
+    ys = body.outvars[nk:]
+    carry_out = {v for v in body.outvars[:nk] if not _is_lit(v)}
+    # Values whose stack exists outside the loop: xs, and ys.
+    stacked = {}
+    for v, o in zip(xs_in, o_xs):
+        stacked.setdefault(v, ("x", o))
+    for j, v in enumerate(ys):
+        if not _is_lit(v):
+            stacked.setdefault(v, ("y", j))
+    unbatched = set(consts_in) | set(body.constvars)
+    cand = _output_only(body, stacked, unbatched, carry_out, loop_values=True)
+    new_stacks = {v for i in cand for v in body.eqns[i].invars
+                  if not _is_lit(v) and v not in stacked and v not in unbatched} - \
+        {v for i in cand for v in body.eqns[i].outvars}
+    # Stacking a loop value costs a copy per step: worth it to move a product or a
+    # reduction, not for elementwise work alone.
+    if new_stacks and not any(body.eqns[i].primitive.name not in _LAYOUT_ONLY for i in cand):
+        cand = _output_only(body, stacked, unbatched, carry_out, loop_values=False)
+        new_stacks = set()
+    if not cand:
+        return body, o_consts, o_xs, o_outvars, None
+    post_vals = {v for i in cand for v in body.eqns[i].outvars}
+    y_post = [j for j, v in enumerate(ys) if not _is_lit(v) and v in post_vals]
+    if not y_post:
+        return body, o_consts, o_xs, o_outvars, None
+    o_outvars = list(o_outvars)
+    new_stacks = [v for v in dict.fromkeys(v for i in sorted(cand) for v in body.eqns[i].invars)
+                  if v in new_stacks]
+    for v in new_stacks:
+        stacked[v] = ("y", len(ys))
+        ys = ys + [v]
+        o_outvars.append(Var(core.ShapedArray((length,) + tuple(v.aval.shape), v.aval.dtype)))
+    body = Jaxpr(body.constvars, body.invars, list(body.outvars) + new_stacks, body.eqns)
+    outs = list(dict.fromkeys(ys[j] for j in y_post))
+    ins = []
+    for i in sorted(cand):
+        for v in body.eqns[i].invars:
+            if not _is_lit(v) and v not in post_vals and v not in ins:
+                ins.append(v)
+    in_dims = [None if v in unbatched and v not in stacked else 0 for v in ins]
+    # Outer atoms for the inputs: constants, stacked xs, or the loop's own stacked ys (given
+    # an outer variable when the original program dropped them).
+    args = []
+    for v, d in zip(ins, in_dims):
+        if d is None:
+            if v in body.constvars:
+                nv = Var(v.aval)
+                constvars.append(nv)
+                constvals.append(bconsts[body.constvars.index(v)])
+                args.append(nv)
+            else:
+                args.append(o_consts[consts_in.index(v)])
+            continue
+        kind, ref = stacked[v]
+        if kind == "x":
+            args.append(ref)
+        else:
+            ov = o_outvars[nk + ref]
+            if type(ov) is core.DropVar:
+                ov = Var(ov.aval)
+                o_outvars[nk + ref] = ov
+            args.append(ov)
+    sub = Jaxpr([], ins, outs, [body.eqns[i] for i in sorted(cand)])
+    sub_closed, _ = batching.batch_jaxpr(core.ClosedJaxpr(sub, []), length, in_dims,
+                                         [0] * len(outs))
+    post_eqns = []
+    res = dict(zip(outs, splice(sub_closed, args, post_eqns, constvars, constvals)))
+    post_map = {}
+    for j in y_post:
+        ov = o_outvars[nk + j]
+        if type(ov) is not core.DropVar:
+            post_map[ov] = res[ys[j]]
+    keep = [j for j in range(len(ys)) if j not in set(y_post)]
+    new_body = Jaxpr(body.constvars, body.invars, body.outvars[:nk] + [ys[j] for j in keep],
+                     [e for i, e in enumerate(body.eqns) if i not in cand])
+    new_outvars = o_outvars[:nk] + [o_outvars[nk + j] for j in keep]
+    return new_body, o_consts, o_xs, new_outvars, (post_eqns, post_map)
+
+
+# ---------------------------------------------------------------------------------------------
+# Control flow run from Python: the loops every back end shares, around lowered bodies
+
+
+def _same(x):
+    return x
+
+
+def scan_runner(eqn, body, fit, asarray, empty, plain=_same, wrap=None):
+    """A callable running the ``scan`` equation ``eqn`` as a Python loop over ``body`` (its
+    lowered body). Back-end hooks: ``fit(outs, avals)`` gives carries their declared dtypes,
+    ``asarray`` brings an xs operand to the back end, ``empty(shape, dtype)`` allocates a ys
+    stack, ``plain`` unwraps loop state, ``wrap`` (if given) wraps each finished stack."""
+    p = eqn.params
+    closed = p["jaxpr"]
+    nc, nk, length, reverse = p["num_consts"], p["num_carry"], p["length"], p["reverse"]
+    carry_avals = closed.in_avals[nc:nc + nk]
+    y_avals = closed.out_avals[nk:]
+
+    def run(*args):
+        consts, carry = args[:nc], list(args[nc:nc + nk])
+        xs = [asarray(x) for x in args[nc + nk:]]
+        ys = [empty((length,) + tuple(a.shape), a.dtype) for a in y_avals]
+        for i in (range(length - 1, -1, -1) if reverse else range(length)):
+            outs = body(*consts, *carry, *[x[i] for x in xs])
+            carry = [plain(c) for c in fit(outs[:nk], carry_avals)]
+            for buf, y in zip(ys, outs[nk:]):
+                buf[i] = plain(y)
+        return carry + ([wrap(y) for y in ys] if wrap is not None else ys)
+    return run
+
+
+def cond_runner(eqn, subs, fit):
+    """A callable running the ``cond`` equation ``eqn`` with its lowered branches ``subs``
+    (an out-of-range index is clamped, as in ``lax.switch``)."""
+    branches = eqn.params["branches"]
+    avals = [b.out_avals for b in branches]
+    last = len(branches) - 1
+
+    def run(index, *ops):
+        i = int(index)  # one scalar to the host picks the branch
+        i = 0 if i < 0 else (last if i > last else i)
+        return fit(subs[i](*ops), avals[i])
+    return run
+
+
+def while_runner(eqn, cond, body, fit, plain=_same):
+    """A callable running the ``while`` equation ``eqn`` with its lowered predicate ``cond``
+    and body ``body`` (at most ``max_steps`` iterations when that is set)."""
+    p = eqn.params
+    cn, bn, max_steps = p["cond_nconsts"], p["body_nconsts"], p["max_steps"]
+    carry_avals = p["body_jaxpr"].in_avals[bn:]
+
+    def run(*args):
+        cc, bc, carry = args[:cn], args[cn:cn + bn], list(args[cn + bn:])
+        steps = 0
+        while max_steps is None or steps < max_steps:
+            if not bool(cond(*cc, *carry)[0]):  # the predicate is the one host round trip
+                break
+            carry = [plain(c) for c in fit(body(*bc, *carry), carry_avals)]
+            steps += 1
+        return carry
+    return run
