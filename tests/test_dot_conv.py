@@ -1,6 +1,7 @@
 """lax.dot_general, conv_general_dilated and reduce_window: against numpy references (float64),
 derivatives to second order (check_grads), vmap against a Python loop (batched lhs, rhs, both),
 per-example gradients of a conv layer, jaxpr round trips and typechecks of transformed IR."""
+import importlib
 import itertools
 import string
 
@@ -526,3 +527,155 @@ def test_select_and_scatter_is_transpose_of_gather(window, strides):
     u = rng.standard_normal(g.shape)
     s = select_and_scatter_add_p.bind(u, x, **params)
     np.testing.assert_allclose(np.vdot(u, g), np.vdot(s, t), rtol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# The specialised impl paths (row, wide row, slab, patch layouts; tiled pooling gradient)
+
+_conv_mod = importlib.import_module("functrax.lax.conv")
+_win_mod = importlib.import_module("functrax.lax.windowed")
+
+
+def _count_calls(monkeypatch, module, name):
+    calls = []
+    orig = getattr(module, name)
+
+    def counted(*a, **k):
+        calls.append(name)
+        return orig(*a, **k)
+    monkeypatch.setattr(module, name, counted)
+    return calls
+
+
+def _nhwc_ref(x, w, pads, strides=(1, 1), rhs_dil=(1, 1)):
+    """ref_conv in NHWC/HWIO/NHWC."""
+    out = ref_conv(x.transpose(0, 3, 1, 2), w.transpose(3, 2, 0, 1), strides, pads, (1, 1),
+                   rhs_dil)
+    return out.transpose(0, 2, 3, 1)
+
+
+# (x NHWC, w HWIO, strides, rhs_dilation): the thresholds are lowered below so that these small
+# shapes take the row product (features >= 32 per row or a narrow wide product), and their
+# kernel gradients the slab product.
+PATH_CASES = [
+    ((3, 9, 8, 5), (3, 3, 5, 4), (1, 1), (1, 1)),      # narrow O: wide row product
+    ((2, 7, 6, 4), (3, 2, 4, 40), (1, 1), (1, 1)),     # wide O: per-row products
+    ((2, 9, 9, 3), (3, 3, 3, 6), (1, 2), (2, 1)),      # W strided, H dilated
+    ((2, 6, 5, 1), (3, 3, 1, 7), (1, 1), (1, 1)),      # one channel: (columns, rows) patches
+    ((2, 5, 6, 3), (1, 3, 3, 5), (1, 1), (1, 1)),      # a one-row kernel
+]
+
+
+@pytest.mark.parametrize("case", PATH_CASES)
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+def test_conv_impl_paths_match_reference(case, layout, monkeypatch):
+    xs, ws, strides, rd = case
+    monkeypatch.setattr(_conv_mod, "_ROW_MIN_DEPTH", 1)
+    monkeypatch.setattr(_conv_mod, "_ROW_MIN_ROWS", 1)
+    monkeypatch.setattr(_conv_mod, "_SLAB_MIN_ROWS", 1)
+    # Inputs are drawn NHWC/HWIO and handed over in `layout`; results are compared NHWC/HWIO.
+    if layout == "NHWC":
+        dn, xperm, wperm = ("NHWC", "HWIO", "NHWC"), (0, 1, 2, 3), (0, 1, 2, 3)
+    else:
+        dn, xperm, wperm = ("NCHW", "OIHW", "NCHW"), (0, 3, 1, 2), (3, 2, 0, 1)
+    xback, wback = tuple(np.argsort(xperm)), tuple(np.argsort(wperm))
+    for dtype, tol in ((np.float64, 1e-10), (np.float32, 2e-4)):
+        x = rng.standard_normal(xs).astype(dtype)
+        w = rng.standard_normal(ws).astype(dtype)
+        pads = lax.padtype_to_pads(xs[1:3], [(k - 1) * r + 1 for k, r in zip(ws[:2], rd)],
+                                   strides, "SAME")
+        f = lambda x, w: lax.conv_general_dilated(x, w, strides, "SAME", rhs_dilation=rd,
+                                                  dimension_numbers=dn)
+        xin, win = x.transpose(xperm), w.transpose(wperm)
+        y = f(xin, win)
+        assert y.dtype == dtype
+        np.testing.assert_allclose(y.transpose(xback), _nhwc_ref(x, w, pads, strides, rd),
+                                   rtol=tol, atol=tol)
+        # Both cotangents are convolutions too (input and kernel gradient): check them through
+        # <ct, f(x, t)> = <ct, df/dw t> and the same for x, with f from the reference.
+        ct = rng.standard_normal(y.shape).astype(dtype)
+        _, vjp = ft.vjp(f, xin, win)
+        gx, gw = vjp(ct)
+        gx, gw, ct = gx.transpose(xback), gw.transpose(wback), ct.transpose(xback)
+        tx, tw = rng.standard_normal(xs), rng.standard_normal(ws)
+        np.testing.assert_allclose(np.vdot(gw, tw), np.vdot(ct, _nhwc_ref(x, tw, pads, strides,
+                                                                          rd)),
+                                   rtol=50 * tol)
+        np.testing.assert_allclose(np.vdot(gx, tx), np.vdot(ct, _nhwc_ref(tx, w, pads, strides,
+                                                                          rd)),
+                                   rtol=50 * tol)
+
+
+def test_conv_impl_paths_are_taken(monkeypatch):
+    """The W6 shapes, scaled down: each specialised product runs where it is meant to."""
+    monkeypatch.setattr(_conv_mod, "_ROW_MIN_ROWS", 1)
+    monkeypatch.setattr(_conv_mod, "_SLAB_MIN_ROWS", 1)
+    names = ["_row_product", "_slab_product", "_patch_product", "_overlap_add_product"]
+    calls = {n: _count_calls(monkeypatch, _conv_mod, n) for n in names}
+    dn = ("NHWC", "HWIO", "NHWC")
+    x = rng.standard_normal((4, 8, 8, 1)).astype(np.float32)
+    k1 = rng.standard_normal((3, 3, 1, 16)).astype(np.float32)
+    k2 = rng.standard_normal((3, 3, 16, 16)).astype(np.float32)
+
+    def loss(k1, k2):
+        h = lax.conv_general_dilated(x, k1, (1, 1), "SAME", dimension_numbers=dn)
+        h = lax.conv_general_dilated(lax.tanh(h), k2, (1, 1), "SAME", dimension_numbers=dn)
+        return (h ** 2).sum()
+    g1, g2 = ft.jit(ft.grad(loss, argnums=(0, 1)))(k1, k2)
+    assert len(calls["_patch_product"]) >= 1    # first layer: one input channel
+    assert len(calls["_row_product"]) >= 2      # second layer forward and input gradient
+    assert len(calls["_slab_product"]) >= 1     # kernel gradients
+    e1, e2 = ft.grad(loss, argnums=(0, 1))(k1.astype(np.float64), k2.astype(np.float64))
+    np.testing.assert_allclose(g1, e1, rtol=2e-3, atol=1e-3 * np.abs(e1).max())
+    np.testing.assert_allclose(g2, e2, rtol=2e-3, atol=1e-3 * np.abs(e2).max())
+
+
+def _first_choice_scatter(source, operand, window, select):
+    """Pooling gradient by a loop: each tiled window sends its cotangent to its first
+    maximal (minimal) element in row-major order; positions no window reaches get zero."""
+    out = np.zeros(operand.shape, source.dtype)
+    for pos in np.ndindex(*source.shape):
+        sl = tuple(slice(p * w, (p + 1) * w) for p, w in zip(pos, window))
+        block = operand[sl]
+        k = int(np.argmax(block) if select == "max" else np.argmin(block))
+        idx = tuple(s.start + i for s, i in zip(sl, np.unravel_index(k, block.shape)))
+        out[idx] = source[pos]
+    return out
+
+
+POOL_CASES = [
+    ((2, 6, 8, 3), (1, 2, 2, 1)),
+    ((2, 7, 5, 3), (1, 2, 2, 1)),     # ragged: the last row/column belongs to no window
+    ((9,), (3,)),
+    ((4, 6, 6), (2, 3, 2)),
+    ((3, 4), (1, 1)),
+]
+
+
+@pytest.mark.parametrize("shape,window", POOL_CASES)
+@pytest.mark.parametrize("select", ["max", "min"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int32])
+def test_tiled_pool_gradient_matches_general_path(shape, window, select, dtype, monkeypatch):
+    # Few distinct values: many ties, which must go to the first element of the window.
+    operand = rng.integers(-2, 3, shape).astype(dtype)
+    out_shape = tuple(d // w for d, w in zip(shape, window))
+    source = rng.standard_normal(out_shape).astype(dtype) if dtype != np.int32 else \
+        rng.integers(-9, 9, out_shape).astype(dtype)
+    if dtype != np.int32 and source.size > 2:
+        source.flat[0], source.flat[1] = np.nan, -np.inf   # kept bit-exactly, never leaked
+    params = dict(select=select, window_dimensions=window, window_strides=window,
+                  padding=((0, 0),) * len(shape), base_dilation=(1,) * len(shape),
+                  window_dilation=(1,) * len(shape))
+    scatter = _win_mod.select_and_scatter_add_p.impl
+    fast = scatter(source, operand, **params)
+    monkeypatch.setattr(_win_mod, "_TILED_FAST_PATH", False)
+    general = scatter(source, operand, **params)
+    expect = _first_choice_scatter(source, operand, window, select)
+    assert fast.dtype == general.dtype == dtype
+    np.testing.assert_array_equal(fast, expect)
+    np.testing.assert_array_equal(general, expect)
+    # A transposed (non-contiguous) cotangent, as a convolution hands it over.
+    if source.ndim > 1:
+        monkeypatch.setattr(_win_mod, "_TILED_FAST_PATH", True)
+        src_t = np.ascontiguousarray(np.swapaxes(source, 0, 1)).swapaxes(0, 1)
+        np.testing.assert_array_equal(scatter(src_t, operand, **params), expect)

@@ -8,8 +8,16 @@ NCHW/OIHW/NCHW, a triple of strings such as ``('NHWC', 'HWIO', 'NHWC')`` or a
 into groups (depthwise convolution when it equals the feature count); ``batch_group_count``
 splits the batch instead (used by the kernel gradient of grouped convolutions).
 
-The impl is im2col: a strided window *view* of the padded input (no copy) gathered into one
-patch matrix and multiplied with the kernel by one BLAS ``matmul`` (a batched one per group).
+The impl multiplies with BLAS and picks, from the shapes, the product that copies least:
+
+- row product (stride-1 rows, enough features): only the windows along the *other* spatial
+  dims are copied (a third of im2col for 3x3 kernels), with the rows outermost, so each kernel
+  row is one BLAS product on a contiguous block, accumulated in place;
+- slab product (kernel window larger than the output, i.e. a kernel gradient): one
+  long-contraction product per output row, each on a contiguous slab of the input;
+- im2col otherwise: a strided window *view* of the padded input gathered into one patch
+  matrix, laid out so the copy streams (a batched product per group);
+- overlap-add for few output features (a first layer's input gradient).
 
 >>> import numpy as np
 >>> from functrax import lax
@@ -20,6 +28,7 @@ patch matrix and multiplied with the kernel by one BLAS ``matmul`` (a batched on
 from __future__ import annotations
 
 import itertools
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -174,7 +183,7 @@ def _overlap_add_product(x, w, out_sp, k_sp, strides, dilation, xp):
     nsp = len(k_sp)
     N, C = x.shape[0], x.shape[-1]
     O = w.shape[-1]
-    K = int(np.prod(k_sp, dtype=np.int64))
+    K = math.prod(k_sp)
     wmat = xp.transpose(w, (nsp,) + tuple(range(nsp)) + (nsp + 1,)).reshape(C, K * O)
     y = xp.matmul(x.reshape(-1, C), wmat).reshape(x.shape[:-1] + tuple(k_sp) + (O,))
     out = xp.zeros((N,) + tuple(out_sp) + (O,), y.dtype)
@@ -185,15 +194,150 @@ def _overlap_add_product(x, w, out_sp, k_sp, strides, dilation, xp):
     return out
 
 
+_USE_BLAS_ACC = True  # accumulate the row products inside BLAS (see _row_product)
+
+
+def _blas_gemm(xp, dtype):
+    """SciPy's BLAS ``?gemm`` for numpy arrays of a BLAS dtype (it can accumulate into its
+    output, which ``matmul`` cannot), else None."""
+    if xp is not np:
+        return None
+    prefix = {np.dtype(np.float32): "s", np.dtype(np.float64): "d",
+              np.dtype(np.complex64): "c", np.dtype(np.complex128): "z"}.get(np.dtype(dtype))
+    if prefix is None:
+        return None
+    try:
+        from scipy.linalg import blas
+    except ImportError:
+        return None
+    return getattr(blas, prefix + "gemm")
+
+
+def _row_product(x, w, out_sp, k_sp, strides, dilation, xp):
+    """The ungrouped product with the first spatial dim kept out of the patch matrix.
+
+    The windows over the other spatial dims are copied once, laid out with the first
+    spatial (row) dim outermost: (H, N, *out_rest, *k_rest, C), ``k_sp[0]`` times smaller than
+    full im2col. Each row offset of the kernel then reads a *contiguous* block of those rows
+    as a plain matrix, so it is one BLAS product with no further copy, and the row offsets
+    are summed. ``x`` is (N, *in, C) (padded), ``w`` (*k, C, O); the first spatial stride is
+    1. Returns (N, *out, O) as a transposed view of the (OH, N, *out_rest, O) result."""
+    nsp = len(k_sp)
+    N, C = x.shape[0], x.shape[-1]
+    O = w.shape[-1]
+    kh, dh, OH = k_sp[0], dilation[0], out_sp[0]
+    rest = tuple(range(2, nsp + 1))
+    view, _ = window_view(x, xp, rest, k_sp[1:], strides[1:], dilation[1:])
+    # view: (N, H, *out_rest, C, *k_rest) -> (H, N, *out_rest, *k_rest, C)
+    perm = (1, 0) + rest + tuple(range(nsp + 2, 2 * nsp + 1)) + (nsp + 1,)
+    M = N * math.prod(out_sp[1:])
+    Kc = C * math.prod(k_sp[1:])
+    rows = xp.ascontiguousarray(xp.transpose(view, perm)).reshape(-1, Kc)
+    Hin = x.shape[1]
+    if O <= _ROW_NARROW and 4 * Hin <= 5 * OH:
+        # Few output features make a narrow, slow BLAS product: multiply every row by all
+        # the row offsets' kernels at once (a wide product, at most 25% more work for the
+        # rows no output uses), then add the row-shifted column blocks.
+        wide = xp.transpose(w.reshape(kh, Kc, O), (1, 0, 2)).reshape(Kc, kh * O)
+        y = xp.matmul(rows, wide)
+        out = y[:OH * M, :O].copy()
+        for i in range(1, kh):
+            start = i * dh * M
+            out += y[start:start + OH * M, i * O:(i + 1) * O]
+        out = out.reshape((OH, N) + tuple(out_sp[1:]) + (O,))
+        return xp.moveaxis(out, 0, 1)
+    w3 = xp.ascontiguousarray(w).reshape(kh, Kc, O)
+    gemm = _blas_gemm(xp, w3.dtype) if _USE_BLAS_ACC else None
+    if gemm is not None:
+        # BLAS accumulates in place (beta = 1): no temporary product and no extra pass.
+        # Row-major C = A @ B is column-major C.T = B.T @ A.T, all plain transposed views.
+        acc = gemm(1.0, w3[0].T, rows[:OH * M].T)
+        for i in range(1, kh):
+            start = i * dh * M
+            acc = gemm(1.0, w3[i].T, rows[start:start + OH * M].T, beta=1.0, c=acc,
+                       overwrite_c=True)
+        out = acc.T
+    else:
+        out = xp.matmul(rows[:OH * M], w3[0])
+        if kh > 1:
+            tmp = xp.empty_like(out)
+            for i in range(1, kh):
+                start = i * dh * M
+                xp.matmul(rows[start:start + OH * M], w3[i], out=tmp)
+                out += tmp
+    out = out.reshape((OH, N) + tuple(out_sp[1:]) + (O,))
+    return xp.moveaxis(out, 0, 1)
+
+
+def _slab_product(x, w, out_sp, k_sp, xp):
+    """The ungrouped product when the kernel window is larger than the output (the kernel
+    gradient: its "kernel" is the output cotangent): stride and dilation 1.
+
+    Each output row ``ph`` contracts a slab of ``k_sp[0]`` consecutive input rows with the
+    whole kernel. The windows over the other spatial dims are copied once, laid out (H, C,
+    *k_rest, *out_rest, N), so that every slab is a contiguous block of that copy, read by
+    BLAS as a transposed matrix: one long-contraction product per output row, with no
+    further copy. ``x`` is (N, *in, C) (padded; fastest when N is innermost in memory),
+    ``w`` (*k, C, O). Returns (N, *out, O) as a transposed view."""
+    nsp = len(k_sp)
+    N, C = x.shape[0], x.shape[-1]
+    O = w.shape[-1]
+    kh, OH = k_sp[0], out_sp[0]
+    rest = tuple(range(2, nsp + 1))
+    view, _ = window_view(x, xp, rest, k_sp[1:], (1,) * (nsp - 1), (1,) * (nsp - 1))
+    # view: (N, H, *out_rest, C, *k_rest) -> (H, C, *k_rest, *out_rest, N)
+    perm = (1, nsp + 1) + tuple(range(nsp + 2, 2 * nsp + 1)) + rest + (0,)
+    R = N * math.prod(out_sp[1:])
+    blk = C * math.prod(k_sp[1:])
+    slabs = xp.ascontiguousarray(xp.transpose(view, perm)).reshape(-1, R)
+    # kernel (kh, *k_rest, C, O) -> (kh, C, *k_rest, O), matching the slab's row order
+    wperm = (0, nsp) + tuple(range(1, nsp)) + (nsp + 1,)
+    wm = xp.ascontiguousarray(xp.transpose(w, wperm)).reshape(kh * blk, O)
+    out = xp.empty((OH, R, O), wm.dtype)
+    for ph in range(OH):
+        xp.matmul(slabs[ph * blk:(ph + kh) * blk].T, wm, out=out[ph])
+    out = out.reshape((OH,) + tuple(out_sp[1:]) + (N, O))
+    return xp.moveaxis(out, nsp, 0)
+
+
+# Which product an ungrouped convolution takes (measured on W6's shapes, one thread): the row
+# product needs enough features per kernel row for an efficient BLAS contraction
+# (_ROW_MIN_DEPTH) and enough output rows (_ROW_MIN_ROWS), and multiplies by all row offsets
+# at once when the outputs are narrow (<= _ROW_NARROW features); the slab product needs
+# _SLAB_MIN_ROWS output rows per slab. The switches are for A/B measurements and tests.
+_ROW_PRODUCT = True
+_SLAB_PRODUCT = True
+_SLAB_MIN_ROWS = 32
+_ROW_MIN_DEPTH = 32
+_ROW_MIN_ROWS = 256
+_ROW_NARROW = 32
+
+
+def _run_length(shape, strides, axes, itemsize):
+    """How many elements a copy that iterates ``axes`` (the last one fastest) reads as one
+    contiguous run: the product of the trailing axes that continue each other in memory."""
+    run, expect = 1, itemsize
+    for a in reversed(axes):
+        if shape[a] == 1:
+            continue
+        if abs(strides[a]) != expect:
+            break
+        run *= shape[a]
+        expect *= shape[a]
+    return run
+
+
 def _patch_product(view, w, nsp, xp):
     """The ungrouped im2col product: ``view`` (N, *out, *k, C) of windows, ``w`` (*k, C, O).
     Returns (N, *out, O), possibly as a transposed view.
 
     The patch matrix is the one big copy, so its axes are ordered by the input's memory
-    layout (largest stride outermost) and the group holding the smallest stride becomes the
-    matrix's inner dimension: the copy then streams through memory whether the input is
-    channels-last, channels-first, or the batch-and-feature-swapped input of a kernel
-    gradient. The kernel, which is small, is rearranged to match."""
+    layout (largest stride outermost), and it is laid out (rows, columns) or (columns, rows)
+    whichever gives the copy the longer contiguous runs: channels-last inputs with many
+    features stream feature vectors, a single-channel image streams its rows. When the
+    kernel is the bigger operand (a kernel gradient, whose "kernel" is the output
+    cotangent), the columns follow the kernel's memory order instead, so that it is used
+    in place. BLAS takes either operand transposed, so the product itself never copies."""
     shape, strides = view.shape, view.strides
     nrow = 1 + nsp
     big = max((abs(st) for st in strides), default=0) + 1
@@ -201,20 +345,26 @@ def _patch_product(view, w, nsp, xp):
     def stride(a):  # size-1 dims do not move through memory
         return abs(strides[a]) if shape[a] > 1 else big
     rows = sorted(range(nrow), key=lambda a: -stride(a))
-    cols = sorted(range(nrow, view.ndim), key=lambda a: -stride(a))
-    R = int(np.prod([shape[a] for a in rows], dtype=np.int64))
-    Kc = int(np.prod([shape[a] for a in cols], dtype=np.int64))
+    R = math.prod(shape[:nrow])
+    Kc = math.prod(shape[nrow:])
     O = w.shape[-1]
+    if w.size > R * Kc:
+        wst = w.strides
+
+        def wstride(a):
+            return abs(wst[a - nrow]) if shape[a] > 1 else big
+        cols = sorted(range(nrow, view.ndim), key=lambda a: -wstride(a))
+    else:
+        cols = sorted(range(nrow, view.ndim), key=lambda a: -stride(a))
     w2 = xp.transpose(w, [a - nrow for a in cols] + [w.ndim - 1]).reshape(Kc, O)
     row_shape = [shape[a] for a in rows]
-    if min(map(stride, cols), default=big) <= min(map(stride, rows), default=big):
+    item = view.itemsize
+    if _run_length(shape, strides, cols, item) >= _run_length(shape, strides, rows, item):
         patches = xp.transpose(view, rows + cols).reshape(R, Kc)
-        res = xp.matmul(patches, w2).reshape(row_shape + [O])
-        order = rows + [-1]
     else:
-        patches = xp.transpose(view, cols + rows).reshape(Kc, R)
-        res = xp.matmul(w2.T, patches).reshape([O] + row_shape)
-        order = [-1] + rows
+        patches = xp.transpose(view, cols + rows).reshape(Kc, R).T
+    res = xp.matmul(patches, w2).reshape(row_shape + [O])
+    order = rows + [-1]
     return xp.transpose(res, [order.index(a) for a in range(nrow)] + [order.index(-1)])
 
 
@@ -231,28 +381,56 @@ def _conv_impl(lhs, rhs, *, window_strides, padding, lhs_dilation, rhs_dilation,
     lhs_spec, rhs_spec, out_spec = dimension_numbers
     nsp = len(lhs_spec) - 2
     sp_axes = tuple(range(1, nsp + 1))
-    # Channels last, so that a patch reads contiguous feature vectors.
-    x = xp.transpose(lhs, (lhs_spec[0],) + tuple(lhs_spec[2:]) + (lhs_spec[1],))
-    x = pad_and_dilate(x, xp, sp_axes, padding, lhs_dilation)
-    k_sp = tuple(rhs.shape[d] for d in rhs_spec[2:])
-    view, out_sp = window_view(x, xp, sp_axes, k_sp, window_strides, rhs_dilation)
-    # view: (N, *out_sp, C, *k_sp) -> (N, *out_sp, *k_sp, C)
-    view = xp.moveaxis(view, nsp + 1, -1)
-    N, C = x.shape[0], x.shape[-1]
+    N, C = lhs.shape[lhs_spec[0]], lhs.shape[lhs_spec[1]]
     O = rhs.shape[rhs_spec[0]]
-    P = int(np.prod(out_sp, dtype=np.int64))
-    K = int(np.prod(k_sp, dtype=np.int64))
-    w = xp.transpose(rhs, tuple(rhs_spec[2:]) + (rhs_spec[1], rhs_spec[0]))  # (*k, I, O)
+    k_sp = tuple(rhs.shape[d] for d in rhs_spec[2:])
+    grown = [_dilate_dim(lhs.shape[d], ld) + lo + hi
+             for d, (lo, hi), ld in zip(lhs_spec[2:], padding, lhs_dilation)]
+    out_sp = _conv_out_spatial(tuple(lhs.shape[d] for d in lhs_spec[2:]), k_sp,
+                               window_strides, padding, lhs_dilation, rhs_dilation)
+    P = math.prod(out_sp)
+    K = math.prod(k_sp)
+    Q = math.prod(grown)
     G, BG = feature_group_count, batch_group_count
+    path = "grouped"
     if G == 1 and BG == 1:
-        Q = int(np.prod(x.shape[1:-1], dtype=np.int64))
         # Overlap-add writes fewer numbers than im2col but adds K strided slices (about
         # three times the cost per number of im2col's contiguous copy, measured on W6):
         # it wins only for few output features (a first layer's input gradient).
         if 3 * Q * O <= P * C:
-            out = _overlap_add_product(x, w, out_sp, k_sp, window_strides, rhs_dilation, xp)
+            path = "overlap"
+        elif _SLAB_PRODUCT and K > P and all(st == 1 for st in window_strides) and \
+                all(r == 1 for r in rhs_dilation) and \
+                N * math.prod(out_sp[1:]) >= _SLAB_MIN_ROWS:
+            path = "slab"
+        elif _ROW_PRODUCT and window_strides[0] == 1 and k_sp[0] > 1 and \
+                C * math.prod(k_sp[1:]) >= _ROW_MIN_DEPTH and \
+                N * P >= _ROW_MIN_ROWS:
+            path = "row"
         else:
-            out = _patch_product(view, w, nsp, xp)
+            path = "patch"
+    to_last = (lhs_spec[0],) + tuple(lhs_spec[2:]) + (lhs_spec[1],)
+    if path == "slab" or (path == "patch" and O > N * P):
+        # The kernel (a kernel gradient's output cotangent) outweighs the patch matrix:
+        # pad in the input's own layout, so the patch copy can follow the kernel's order
+        # with the input's contiguous spatial runs (see _patch_product).
+        x = xp.transpose(pad_and_dilate(lhs, xp, tuple(lhs_spec[2:]), padding, lhs_dilation),
+                         to_last)
+    else:
+        # Channels last, so that a patch reads contiguous feature vectors.
+        x = pad_and_dilate(xp.transpose(lhs, to_last), xp, sp_axes, padding, lhs_dilation)
+    view, _ = window_view(x, xp, sp_axes, k_sp, window_strides, rhs_dilation)
+    # view: (N, *out_sp, C, *k_sp) -> (N, *out_sp, *k_sp, C)
+    view = xp.moveaxis(view, nsp + 1, -1)
+    w = xp.transpose(rhs, tuple(rhs_spec[2:]) + (rhs_spec[1], rhs_spec[0]))  # (*k, I, O)
+    if path == "overlap":
+        out = _overlap_add_product(x, w, out_sp, k_sp, window_strides, rhs_dilation, xp)
+    elif path == "slab":
+        out = _slab_product(x, w, out_sp, k_sp, xp)
+    elif path == "row":
+        out = _row_product(x, w, out_sp, k_sp, window_strides, rhs_dilation, xp)
+    elif path == "patch":
+        out = _patch_product(view, w, nsp, xp)
     elif G > 1:
         cg, og = C // G, O // G
         patches = xp.transpose(view.reshape(N * P, K, G, cg), (2, 0, 1, 3)).reshape(

@@ -11,7 +11,9 @@ offset to strided slices (so it differentiates and batches through those operati
 The gradient of a max (min) pool flows to the first maximal (minimal) element of each window:
 the JVP is ``select_and_gather_add`` (pick the tangent where the operand is selected), whose
 transpose is ``select_and_scatter_add`` (add each cotangent at that place) and vice versa, so
-max pooling differentiates to any order.
+max pooling differentiates to any order. For plain pooling windows (stride = window, no padding
+or dilation) the scatter takes the windows' elements as one contiguous stack, in cache-sized
+slabs, instead of many short strided passes.
 
 >>> import numpy as np
 >>> from functrax import lax
@@ -108,6 +110,8 @@ def _offset_slices(out_shape, window_dimensions, window_strides, window_dilation
     return out
 
 
+_TILED_FAST_PATH = True
+_TILED_CHUNK_BYTES = 1 << 21  # a slab of the pooling gradient that stays in cache
 _SMALL_WINDOW = 16  # above this many elements per window, reduce a strided view instead
 
 
@@ -121,7 +125,7 @@ def _keep_where(xp, x, mask):
     it = _bits_dtype(x.dtype)
     if it is None:
         return xp.where(mask, x, xp.zeros((), x.dtype))
-    return (x.view(it) & -mask.astype(it)).view(x.dtype)
+    return (x.view(it) & _all_ones_where(xp, mask)).view(x.dtype)
 
 
 def _window_params(prim_params):
@@ -285,52 +289,118 @@ def reduce_window_min(operand, window_dimensions, window_strides=None, padding="
 # select_and_gather_add and select_and_scatter_add: the derivative of max/min pooling
 
 
-def _selected_index(operand, xp, select, window_dimensions, window_strides, padding,
-                    base_dilation, window_dilation):
-    """For each window, the (row-major) offset of its first max (min) element, and the
-    offset slices. A later offset wins only if strictly better, and it is larger than any
-    earlier winner, so the running winner is a running maximum of ``k * better``."""
+def _selection_masks(operand, xp, select, window_dimensions, window_strides, padding,
+                     base_dilation, window_dilation):
+    """For each window offset (row-major), a boolean mask of the windows whose first max (min)
+    sits there; also the offset slices and the window output shape.
+
+    An offset is selected where it is strictly better than every earlier offset (the running
+    best) and no later offset is: the last offset that beat its running best. Boolean masks
+    keep the per-offset work to comparisons on the operand, plus cheap passes over bytes."""
     operand = xp.asarray(operand)
     _check_rank(operand.ndim, window_dimensions, window_strides, padding, base_dilation,
                 window_dilation)
     out_shape = _window_out_shape(operand.shape, window_dimensions, window_strides, padding,
                                   base_dilation, window_dilation)
     slices = _offset_slices(out_shape, window_dimensions, window_strides, window_dilation)
-    idx_dtype = np.int8 if len(slices) <= 127 else np.int32
-    idx = xp.zeros(out_shape, idx_dtype)
     if 0 in out_shape or not slices:
-        return idx, slices
+        return [], slices, out_shape
     xpad = _padded(operand, xp, _identity(select, operand.dtype), padding, base_dilation)
+    return _masks_from_offsets(xp, select, [xpad[sl] for sl in slices]), slices, out_shape
+
+
+def _masks_from_offsets(xp, select, offsets):
+    """The first-max (min) masks of :func:`_selection_masks`, from the list of per-offset
+    operand arrays (row-major window order)."""
     better_than = xp.greater if select == "max" else xp.less
     keep = xp.maximum if select == "max" else xp.minimum
-    best = xpad[slices[0]]
-    for k, sl in enumerate(slices[1:], 1):
-        v = xpad[sl]
-        better = better_than(v, best)
-        best = keep(best, v)
-        xp.maximum(idx, better.astype(idx_dtype) * idx_dtype(k), out=idx)
-    return idx, slices
+    best = offsets[0]
+    better = [None]
+    last = len(offsets) - 1
+    for k in range(1, last + 1):
+        v = offsets[k]
+        better.append(better_than(v, best))
+        if k == 1 and k < last:
+            best = keep(best, v)
+        elif k < last:
+            keep(best, v, out=best)
+    masks = [None] * len(offsets)
+    later = None
+    for k in range(last, 0, -1):
+        if later is None:
+            masks[k] = better[k]
+            later = better[k].copy()
+        else:
+            masks[k] = better[k] & ~later
+            later |= better[k]
+    masks[0] = xp.ones(offsets[0].shape, bool) if later is None else ~later
+    return masks
+
+
+def _tiling(operand_shape, out_shape, window_dimensions, window_strides, padding,
+            base_dilation, window_dilation):
+    """Whether the windows are the blocks of a plain tiling of the operand (pooling: stride =
+    window, no padding or dilation; a ragged end that no window reaches is allowed)."""
+    return all(w == s and lo == 0 and hi == 0 and bd == 1 and wd == 1 and o * s <= d
+               for w, s, (lo, hi), bd, wd, o, d in
+               zip(window_dimensions, window_strides, padding, base_dilation,
+                   window_dilation, out_shape, operand_shape)) and 0 not in out_shape
+
+
+def _deinterleave(xp, x, window_dimensions, out_shape):
+    """The tiled windows' elements as one contiguous (K, *out_shape) stack, window offsets
+    (row-major) first: one transposing copy, after which every per-offset operation reads
+    contiguous memory instead of short strided runs."""
+    nd = x.ndim
+    x = x[tuple(slice(0, o * w) for o, w in zip(out_shape, window_dimensions))]
+    split = []
+    for o, w in zip(out_shape, window_dimensions):
+        split += [o, w]
+    perm = tuple(range(1, 2 * nd, 2)) + tuple(range(0, 2 * nd, 2))
+    stack = xp.ascontiguousarray(xp.transpose(x.reshape(split), perm))
+    return stack.reshape((-1,) + tuple(out_shape))
+
+
+def _tiled_scatter(xp, bits, operand, acc, select, window_dimensions):
+    """The pooling gradient of one slab of whole windows: select on the contiguous stack of
+    window offsets, then store each offset's bit-masked cotangent (``bits``, an integer
+    view) into its strided place in ``acc`` (every element of the tiled region is stored
+    once)."""
+    out_shape = bits.shape
+    stack = _deinterleave(xp, operand, window_dimensions, out_shape)
+    masks = _masks_from_offsets(xp, select, list(stack))
+    slices = _offset_slices(out_shape, window_dimensions, window_dimensions,
+                            (1,) * len(window_dimensions))
+    for mask, sl in zip(masks, slices):
+        xp.bitwise_and(bits, _all_ones_where(xp, mask), out=acc[sl])
+
+
+def _all_ones_where(xp, mask):
+    """-1 (all bits set) where ``mask``, else 0, as int8: ANDed with the bits of any integer
+    view it sign-extends, so it keeps whole elements bit-exactly (NaN and inf included)."""
+    return xp.negative(mask.view(xp.int8))
 
 
 def _select_and_gather_add_impl(tangents, operand, *, select, window_dimensions,
                                 window_strides, padding, base_dilation, window_dilation):
     xp = array_namespace(tangents, operand)
     tangents = xp.asarray(tangents)
-    idx, slices = _selected_index(operand, xp, select, window_dimensions, window_strides,
-                                  padding, base_dilation, window_dilation)
-    if 0 in idx.shape or not slices:
-        return xp.zeros(idx.shape, tangents.dtype)
+    masks, slices, out_shape = _selection_masks(operand, xp, select, window_dimensions,
+                                                window_strides, padding, base_dilation,
+                                                window_dilation)
+    if not masks:
+        return xp.zeros(out_shape, tangents.dtype)
     tpad = _padded(tangents, xp, 0, padding, base_dilation)
     it = _bits_dtype(tangents.dtype)
     if it is None:
-        out = xp.zeros(idx.shape, tangents.dtype)
-        for k, sl in enumerate(slices):
-            out = xp.where(idx == k, tpad[sl], out)
+        out = xp.zeros(out_shape, tangents.dtype)
+        for mask, sl in zip(masks, slices):
+            out = xp.where(mask, tpad[sl], out)
         return out
     # Exactly one offset is selected per window: OR together the bit-masked candidates.
-    out = xp.zeros(idx.shape, it)
-    for k, sl in enumerate(slices):
-        xp.bitwise_or(out, tpad[sl].view(it) & -(idx == k).astype(it), out=out)
+    out = xp.zeros(out_shape, it)
+    for mask, sl in zip(masks, slices):
+        xp.bitwise_or(out, tpad[sl].view(it) & _all_ones_where(xp, mask), out=out)
     return out.view(tangents.dtype)
 
 
@@ -359,20 +429,49 @@ def _select_and_scatter_add_impl(source, operand, *, select, window_dimensions,
     xp = array_namespace(source, operand)
     operand = xp.asarray(operand)
     source = xp.asarray(source)
-    idx, slices = _selected_index(operand, xp, select, window_dimensions, window_strides,
-                                  padding, base_dilation, window_dilation)
+    _check_rank(operand.ndim, window_dimensions, window_strides, padding, base_dilation,
+                window_dilation)
+    it = _bits_dtype(source.dtype)
+    out_shape = _window_out_shape(operand.shape, window_dimensions, window_strides, padding,
+                                  base_dilation, window_dilation)
+    if _TILED_FAST_PATH and it is not None and operand.ndim > 0 and \
+            _tiling(operand.shape, out_shape, window_dimensions, window_strides, padding,
+                    base_dilation, window_dilation):
+        # Pooling. The cotangent may arrive as a transposed view (a convolution's result).
+        bits = xp.ascontiguousarray(source).view(it)
+        ragged = any(o * w != d for o, w, d in zip(out_shape, window_dimensions,
+                                                   operand.shape))
+        acc = (xp.zeros if ragged else xp.empty)(operand.shape, it)
+        # In slices along the first axis that stay in cache: the several passes of each
+        # slice then cost one trip to memory instead of one each.
+        w0 = window_dimensions[0]
+        per = max(1, _TILED_CHUNK_BYTES // max(1, operand[:w0].nbytes))
+        for a in range(0, out_shape[0], per):
+            b = min(out_shape[0], a + per)
+            _tiled_scatter(xp, bits[a:b], operand[a * w0:b * w0], acc[a * w0:b * w0],
+                           select, window_dimensions)
+        return acc.view(source.dtype)
+    masks, slices, out_shape = _selection_masks(operand, xp, select, window_dimensions,
+                                                window_strides, padding, base_dilation,
+                                                window_dilation)
     grown = tuple(_dilate_dim(d, bd) + lo + hi
                   for d, bd, (lo, hi) in zip(operand.shape, base_dilation, padding))
-    acc = xp.zeros(grown, source.dtype)
-    if 0 not in idx.shape:
-        # Windows that cannot overlap (pooling) take a plain store instead of an update.
-        disjoint = all(s >= _dilate_dim(w, wd) for s, w, wd in
-                       zip(window_strides, window_dimensions, window_dilation))
-        for k, sl in enumerate(slices):
-            if disjoint:
-                acc[sl] = _keep_where(xp, source, idx == k)
-            else:
-                acc[sl] += _keep_where(xp, source, idx == k)
+    # Windows that cannot overlap (pooling) take a plain store instead of an update; when
+    # they also tile the padded operand exactly, every element is stored once and the
+    # buffer needs no zero fill.
+    eff = [_dilate_dim(w, wd) for w, wd in zip(window_dimensions, window_dilation)]
+    disjoint = all(s >= e for s, e in zip(window_strides, eff))
+    tiles = bool(masks) and all(s == e and o * s == g for s, e, o, g in
+                                zip(window_strides, eff, out_shape, grown))
+    acc = (xp.empty if tiles else xp.zeros)(grown, source.dtype)
+    it = _bits_dtype(source.dtype)
+    for mask, sl in zip(masks, slices):
+        if disjoint and it is not None:
+            xp.bitwise_and(source.view(it), _all_ones_where(xp, mask), out=acc.view(it)[sl])
+        elif disjoint:
+            acc[sl] = _keep_where(xp, source, mask)
+        else:
+            acc[sl] += _keep_where(xp, source, mask)
     # Undo the padding (cropped edges come back as zeros) and the dilation.
     regrow = [(max(-lo, 0), max(-hi, 0)) for lo, hi in padding]
     if any(a or b for a, b in regrow):
