@@ -558,3 +558,212 @@ def test_commutative_cse_and_folding_products_with_constants():
     eye = np.eye(80)
     jaxpr, consts = _simplified(lambda x: (eye @ np.ones((80, 80))) @ x, np.ones(80))
     assert _prims(jaxpr) == ["dot_general"]  # the constant product was evaluated once
+
+
+# ---------------------------------------------------------------------------------------------
+# float32 transcendental clusters: numba kernels with vectorizable polynomial helpers
+
+
+_SPECIALS32 = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1e-40, -1e-40, 1e-5, -3e-5, 88.7,
+                        88.8, -87.0, -103.0, -104.5, -200.0, 200.0, 3.4e38, -3.4e38, 1e4,
+                        -9999.5, 1e6, 2e6, -5e7], np.float32)
+
+
+def _poly_inputs(seed=0):
+    rng = np.random.default_rng(seed)
+    return np.concatenate([rng.uniform(-1e4, 1e4, 3000), rng.standard_normal(3000) * 3,
+                           rng.uniform(-1e-3, 1e-3, 500)]).astype(np.float32)
+
+
+@pytest.mark.parametrize("name", ["sin", "cos", "exp", "tanh", "logistic"])
+def test_poly32_helpers_accuracy_and_specials(name, force_numba):
+    fn = {"sin": fnp.sin, "cos": fnp.cos, "exp": fnp.exp, "tanh": fnp.tanh,
+          "logistic": ft.nn.sigmoid}[name]
+    ref = {"sin": np.sin, "cos": np.cos, "exp": np.exp, "tanh": np.tanh,
+           "logistic": lambda v: 1 / (1 + np.exp(-v))}[name]
+    # Three ops, so the cluster is a kernel; the scalings are exact in float32 (the reference
+    # sees the same float32 argument).
+    f = ft.jit(lambda x: fn(x * np.float32(1.5)) * np.float32(2))
+    x = np.concatenate([_poly_inputs(), _SPECIALS32, _SPECIALS32 / np.float32(1.5)])
+    lw = f.lower(x)
+    kernel = lw._entry.exe.kernel_sources[0].split("def kernel")[1]
+    assert "numba kernel" in lw.as_text() and "_np." + name not in kernel
+    out = np.asarray(f(x))
+    assert out.dtype == np.float32
+    with np.errstate(all="ignore"):
+        arg = (x * np.float32(1.5)).astype(np.float64)
+        want = (ref(arg) * 2).astype(np.float32)
+        ref32 = np.asarray(fn(x * np.float32(1.5)) * np.float32(2))  # numpy float32 path
+    same_class = np.isnan(out) == np.isnan(want)
+    assert same_class.all(), x[~same_class]
+    fin = np.isfinite(want)
+    np.testing.assert_array_equal(out[~fin], want[~fin])
+    # Within 2 float32 ulps of the float64 reference (numpy's float32 loops: about as close).
+    np.testing.assert_allclose(out[fin], want[fin], rtol=2.5e-7, atol=1e-38)
+    np.testing.assert_allclose(out[fin], ref32[fin], rtol=5e-7, atol=1e-38)
+
+
+def test_poly32_sign_of_zero_and_tiny(force_numba):
+    f = ft.jit(lambda x: (fnp.sin(x) * np.float32(1), fnp.tanh(x) * np.float32(1)))
+    x = np.array([-0.0, 1e-40, -1e-30], np.float32)
+    s, t = (np.asarray(v) for v in f(x))
+    assert np.signbit(s[0]) and np.signbit(t[0])
+    np.testing.assert_array_equal(s[1:], x[1:])
+    np.testing.assert_array_equal(t[1:], x[1:])
+
+
+def test_poly32_huge_sin_argument_falls_back_to_numpy(force_numba):
+    f = ft.jit(lambda x: fnp.sum(fnp.sin(x) * fnp.cos(x) + x))
+    g = ft.jit(lambda x: fnp.sin(x) * fnp.cos(x))
+    x = np.linspace(-3, 3, 101).astype(np.float32)
+    big = x.copy()
+    big[7] = 3e7  # beyond exact range reduction: the cluster is recomputed with numpy
+    text = g.lower(big).as_text()
+    assert "if nbig" in text
+    for arr in (x, big):
+        want64 = np.sin(arr.astype(np.float64)) * np.cos(arr.astype(np.float64))
+        np.testing.assert_allclose(np.asarray(g(arr)), want64, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(float(f(arr)), (want64 + arr).sum(), rtol=1e-5)
+
+
+def test_poly32_value_and_grad_matches_reference(force_numba):
+    # W4's program on a ragged size: fused forward and backward in one kernel.
+    f = lambda x: fnp.sum(fnp.sin(x) * fnp.exp(-x * x) + fnp.tanh(x))
+    x = np.random.default_rng(4).standard_normal(1001).astype(np.float32)
+    jf = ft.jit(ft.value_and_grad(f))
+    assert "numba kernel" in jf.lower(x).as_text()
+    v, g = jf(x)
+    rv, rg = ft.jit(ft.value_and_grad(f), backend="numpy")(x)
+    assert np.asarray(g).dtype == np.float32
+    np.testing.assert_allclose(float(v), float(rv), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(g), np.asarray(rg), rtol=1e-6, atol=1e-6)
+
+
+def test_poly32_off_for_float64(force_numba):
+    f = ft.jit(lambda x: fnp.sin(x) * 2.0 + 1.0)
+    x = np.linspace(0, 1, 10)
+    assert "numba kernel" not in f.lower(x).as_text()
+    np.testing.assert_array_equal(np.asarray(f(x)), np.sin(x) * 2.0 + 1.0)
+
+
+def test_pooled_outputs_are_never_overwritten_while_held(force_numba, monkeypatch):
+    monkeypatch.setattr(numba_cpu, "POOL_MIN_BYTES", 1)
+    f = ft.jit(lambda x: x * 2.0 + 1.0)
+    x = np.arange(8.0)
+    assert "_pooled" in f.lower(x).as_text()
+    a = f(x)
+    view = np.asarray(a)[2:]
+    del a
+    b = f(x + 1)            # the first result is still viewed: a new buffer
+    np.testing.assert_array_equal(view, (np.arange(8.0) * 2 + 1)[2:])
+    np.testing.assert_array_equal(np.asarray(b), (np.arange(8.0) + 1) * 2 + 1)
+    del view
+    ptr = np.asarray(b).__array_interface__["data"][0]
+    del b
+    c = f(x)                # nothing holds the last buffer: it is reused
+    assert np.asarray(c).__array_interface__["data"][0] == ptr
+    np.testing.assert_array_equal(np.asarray(c), np.arange(8.0) * 2 + 1)
+    d = f(c)                # the argument is the pooled buffer itself: not reused
+    np.testing.assert_array_equal(np.asarray(d), (np.arange(8.0) * 2 + 1) * 2 + 1)
+    np.testing.assert_array_equal(np.asarray(c), np.arange(8.0) * 2 + 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Small programs tier up to one numba function
+
+
+@pytest.fixture
+def tier_now(monkeypatch, kernel_cache_dir):
+    """Small programs switch to their numba function on the first call."""
+    monkeypatch.setattr(numba_cpu, "SMALL_TIER_CALLS", 1)
+    monkeypatch.setattr(numba_cpu, "SMALL_MIN_EQNS", 1)
+    return kernel_cache_dir
+
+
+def _check_tiered(f, *args, rtol=1e-12, atol=1e-12):
+    exe = f.lower(*args)._entry.exe
+    assert exe.small_source is not None
+    got = f(*args)
+    assert exe.tiered, "the numba function was rejected (see _Tiered._tier_up)"
+    got2 = f(*args)  # the second call runs the numba function directly
+    want = ft.jit(f._fun, backend="numpy")(*args)
+    for g in (got, got2):
+        for a, b in zip(ft.tree_util.tree_leaves(g), ft.tree_util.tree_leaves(want)):
+            a, b = np.asarray(a), np.asarray(b)
+            assert a.shape == b.shape and a.dtype == b.dtype, (a.dtype, b.dtype)
+            np.testing.assert_allclose(a, b, rtol=rtol, atol=atol)
+    return exe
+
+
+def test_small_program_hvp_tiers_up(tier_now):
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((7, 5))
+
+    def f(x):
+        return fnp.sum(fnp.tanh(A @ x) ** 2) + ft.nn.logsumexp(x)
+    hvp = ft.jit(lambda x, v: ft.jvp(ft.grad(f), (x,), (v,))[1])
+    exe = _check_tiered(hvp, rng.standard_normal(5), rng.standard_normal(5))
+    # numba saved it: a program lowered to the same source later (another process) switches
+    # after SMALL_TIER_ON_DISK calls instead of SMALL_TIER_CALLS.
+    assert cache.compiled_on_disk(exe.small_source)
+    assert not cache.compiled_on_disk(exe.small_source + "\n# another program\n")
+    _check_tiered(ft.jit(ft.hessian(f)), rng.standard_normal(5))
+
+
+def test_small_program_layout_reductions_and_dots(tier_now):
+    rng = np.random.default_rng(1)
+    m = rng.standard_normal((3, 4))
+    t = rng.standard_normal((2, 3, 4))
+
+    def f(x, y, s, k):
+        a = x * y[None, :] + s                       # broadcasts, scalar operand
+        b = fnp.transpose(a) @ x                     # (4, 4): transposed operand
+        c = fnp.max(a, axis=0) + fnp.min(a, axis=1).sum() + fnp.sum(a, axis=(0, 1))
+        d = fnp.where(fnp.isfinite(a / s), a, 0.0).reshape(12)
+        e = lax.dot_general(t, x, (((1, 2), (0, 1)), ((), ())))   # 3-D operand, 2 dims
+        g = y @ fnp.transpose(x) + (k * 3 - 1).astype(fnp.float64)[..., None].sum()
+        return b, c, d, e, g, fnp.sum(y * y), k + 1, (x > 0).sum()
+    _check_tiered(ft.jit(f), m, rng.standard_normal(4), 0.5, np.arange(3, dtype=np.int32))
+
+
+def test_small_program_float32_and_nonfinite(tier_now):
+    def f(x):
+        y = fnp.exp(x) * np.float32(2) - fnp.sin(x)
+        return y, fnp.sum(y), fnp.max(x), fnp.cos(x * x)
+    x = np.array([0.5, -1.0, np.inf, -np.inf, np.nan, 1e6, 30.0], np.float32)
+    exe = _check_tiered(ft.jit(f), x, rtol=1e-6, atol=1e-6)
+    assert "_np.sin(" in exe.small_source  # scalar libm in small programs: exact everywhere
+
+
+def test_small_program_stays_on_numpy_when_not_called_often(kernel_cache_dir):
+    f = ft.jit(lambda x: fnp.sum(fnp.tanh(x) * 2.0 + x * x - 1.0) / 3.0 + fnp.max(x) * x)
+    x = np.linspace(-1, 1, 5)
+    f(x)
+    exe = f.lower(x)._entry.exe
+    assert exe.small_source is not None and not exe.tiered
+
+
+def test_small_program_never_returns_its_constants(tier_now):
+    c = np.arange(6.0).reshape(2, 3)
+    f = ft.jit(lambda x: (fnp.asarray(c).reshape(6), x * 2.0 + 1.0, fnp.sum(x) * 3.0))
+    x = np.ones(3)
+    _check_tiered(f, x)
+    out = f(x)[0]
+    np.asarray(out)[0] = 100.0
+    assert float(np.asarray(f(x)[0])[0]) == 0.0
+
+
+def test_poly32_parallel_kernel_with_range_flag(force_numba, monkeypatch):
+    monkeypatch.setattr(numba_cpu, "PARALLEL_MIN_SIZE", 1)
+    # No whole-axis reduction: those keep a kernel serial.
+    f = ft.jit(lambda x: (fnp.sin(x) * fnp.exp(-x * x), fnp.tanh(x) * x + 1.0))
+    x = np.linspace(-4, 4, 999).astype(np.float32)
+    text = f.lower(x).as_text()
+    if numba_cpu._numba_num_threads() > 1:
+        assert "parallel=True" in text
+    for arr in (x, np.concatenate([x, np.float32([5e7])])):
+        v, t = f(arr)
+        xd = arr.astype(np.float64)
+        np.testing.assert_allclose(np.asarray(v), np.sin(xd) * np.exp(-xd * xd), rtol=1e-6,
+                                   atol=1e-30)
+        np.testing.assert_allclose(np.asarray(t), np.tanh(xd) * xd + 1, rtol=1e-6)

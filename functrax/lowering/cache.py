@@ -19,7 +19,8 @@ import os
 import sys
 import tempfile
 
-__all__ = ["cache_dir", "source_key", "load_module", "clear_memory_cache", "CACHE_VERSION"]
+__all__ = ["cache_dir", "source_key", "load_module", "compiled_on_disk", "clear_memory_cache",
+           "CACHE_VERSION"]
 
 # Bump when the code generator changes in a way that alters what a source string means.
 CACHE_VERSION = "1"
@@ -49,6 +50,21 @@ def _kernel_dir() -> str:
     d = os.path.join(cache_dir(), "kernels")
     os.makedirs(d, exist_ok=True)
     return d
+
+
+def compiled_on_disk(source: str) -> bool:
+    """Whether numba has already saved compiled code for the module holding ``source`` (an
+    index file in its ``__pycache__``): loading it then costs far less than compiling."""
+    key = source_key(source)
+    if (_kernel_dir(), key) in _modules:
+        return True
+    pyc = os.path.join(_kernel_dir(), "__pycache__")
+    try:
+        names = os.listdir(pyc)
+    except OSError:
+        return False
+    prefix = f"k_{key}."
+    return any(n.startswith(prefix) and n.endswith(".nbi") for n in names)
 
 
 def load_module(source: str):

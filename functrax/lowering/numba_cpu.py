@@ -14,7 +14,17 @@
     much slower than numpy's SIMD loops, so transcendental-heavy clusters go this way.
   Small clusters, and transcendental ones the blocked style cannot take (broadcast operands,
   partial reductions), run as plain impl calls: fusion must never lose to numpy.
+  float32 clusters with ``sin``/``cos``/``exp``/``tanh``/``logistic`` are numba kernels too:
+  those functions go through branch-free polynomial helpers (``POLY32``) that LLVM vectorizes
+  (one fused pass for W4's forward and backward); a sin/cos argument beyond exact range
+  reduction (|x| > 1e6) makes the driver recompute that cluster with numpy.
 * every other equation calls its primitive's numpy impl (``dot_general`` is numpy's BLAS).
+* large kernel outputs come from a per-program pool, reused once nothing refers to them.
+* small programs (every array <= ``SMALL_MAX_SIZE`` elements, >= ``SMALL_MIN_EQNS``
+  equations, no control flow) tier up: after ``SMALL_TIER_CALLS`` calls (3 when numba's
+  disk cache already holds it) the whole program runs as one numba function, its elementwise
+  clusters as loop nests and its products as BLAS calls, removing the per-equation Python
+  dispatch that dominates them (W3b: about 50 equations of 1-3 us each).
 
 numba kernels are written to module files in the cache dir (``cache.py``) and compiled with
 ``cache=True``, so a second process loads them from disk; equal clusters share one kernel.
@@ -31,23 +41,30 @@ from __future__ import annotations
 import functools
 import os
 import re
+import sys
 import time
 
 import numpy as np
 
 from .. import core
 from ..core import Literal
+from ..interpreters.partial_eval import effectful_primitives
 from . import cache, plan
 from .plan import OpStep
 
 __all__ = ["lower", "Executable", "counters", "NUMBA_MIN_SIZE", "NUMBA_MIN_OPS",
-           "BLOCKED_MIN_SIZE",
-           "PARALLEL_MIN_SIZE", "TRANSCENDENTAL", "lowering_rules"]
+           "BLOCKED_MIN_SIZE", "POOL_MIN_BYTES", "SMALL_MAX_SIZE", "SMALL_MIN_EQNS",
+           "SMALL_TIER_CALLS", "SMALL_TIER_ON_DISK",
+           "PARALLEL_MIN_SIZE", "TRANSCENDENTAL", "POLY32", "POLY32_ENABLED",
+           "lowering_rules"]
 
 NUMBA_MIN_SIZE = int(os.environ.get("FUNCTRAX_NUMBA_MIN_SIZE", 1 << 17))
 BLOCKED_MIN_SIZE = int(os.environ.get("FUNCTRAX_BLOCKED_MIN_SIZE", 1 << 12))
 PARALLEL_MIN_SIZE = int(os.environ.get("FUNCTRAX_PARALLEL_MIN_SIZE", 1 << 20))
 NUMBA_MIN_OPS = int(os.environ.get("FUNCTRAX_NUMBA_MIN_OPS", 4))
+# float32 transcendental clusters as numba kernels with polynomial helpers (see _POLY_PRELUDE).
+POLY32_ENABLED = os.environ.get("FUNCTRAX_POLY32", "1").strip().lower() not in (
+    "0", "false", "no", "off")
 BLOCK_BYTES = 1 << 19  # per temporary; a handful of them stay in L2/L3 (measured on W4)
 
 TRANSCENDENTAL = frozenset({"exp", "log", "expm1", "log1p", "sin", "cos", "tanh", "logistic",
@@ -91,8 +108,9 @@ _UNARY_NP = {"exp": "exp", "log": "log", "expm1": "expm1", "log1p": "log1p", "si
              "cos": "cos", "tanh": "tanh", "sqrt": "sqrt", "floor": "floor", "sign": "sign"}
 
 
-def _scalar_expr(eqn, args, in_avals):
-    """Numba source for one elementwise equation on scalar operands ``args``."""
+def _scalar_expr(eqn, args, in_avals, poly=True):
+    """Numba source for one elementwise equation on scalar operands ``args`` (``poly``: float32
+    transcendentals through the vectorizable helpers)."""
     name = eqn.primitive.name
     out = eqn.outvars[0].aval.dtype
     p = eqn.params
@@ -121,6 +139,8 @@ def _scalar_expr(eqn, args, in_avals):
         if y < 0:
             return f"(_np.{_dt_name(out)}(1) / {body})"
         return body if out.kind == "f" else _wrap_int(body, out)
+    if poly and name in POLY32 and out == np.float32:
+        return f"{POLY32[name]}({conv[0]})"
     if name in _UNARY_NP:
         return f"_np.{_UNARY_NP[name]}({conv[0]})"
     if name == "logistic":
@@ -177,6 +197,144 @@ def _logistic(a):
 '''
 
 
+# Vectorizable float32 versions of sin, cos, exp, tanh and logistic, for float32 kernels.
+# numba's own are scalar libm calls (no SVML here), so a loop calling them is several times
+# slower than numpy's SIMD ufuncs; these are branch-free (selects only), so LLVM vectorizes the
+# loop around them. They compute in float64 and round once to float32: against a float64
+# reference they are within 1e-7 relative (numpy's float32 loops: 1.5e-7). Range reduction of
+# sin/cos is exact for |x| <= _SIN_LIMIT; kernels count larger finite arguments and the driver
+# recomputes such a cluster with numpy (see ``_emit_numba``). The helpers are separate
+# functions without fast-math flags, so the rounding tricks survive a kernel that allows
+# reassociation (for vectorized sums): LLVM inlines them keeping each instruction's flags.
+_POLY_PRELUDE = """\
+from numba import types as _nbt
+from numba.extending import intrinsic as _intrinsic
+
+
+@_intrinsic
+def _f64_bits(typingctx, x):
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], context.get_value_type(_nbt.int64))
+    return _nbt.int64(_nbt.float64), codegen
+
+
+@_intrinsic
+def _bits_f64(typingctx, i):
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], context.get_value_type(_nbt.float64))
+    return _nbt.float64(_nbt.int64), codegen
+
+
+# 1.5 * 2**52: adding it rounds a double of magnitude < 2**51 to an integer, held in the low
+# bits of the sum (two's complement for negative integers).
+_RND = 6755399441055744.0
+_LOG2E = 1.4426950408889634
+_LN2_HI = 0.6931471803691238
+_LN2_LO = 1.9082149292705877e-10
+_TWO_OVER_PI = 0.6366197723675814
+# pi/2 in three pieces of 33, 33 and 53 bits: k * piece is exact for |k| < 2**20.
+_PIO2_1 = 1.5707963267341256
+_PIO2_2 = 6.077100506506192e-11
+_PIO2_3 = 2.0222662487959506e-21
+_SIN_LIMIT = 1.0e6
+
+
+@_nb.njit(cache=True, nogil=True, error_model="numpy")
+def _exp64(x):
+    # Clamped to [-104, 104], beyond which a float32 result is 0 or inf: 2**k stays a
+    # normal double.
+    xc = min(max(x, -104.0), 104.0)
+    t = xc * _LOG2E + _RND
+    k = t - _RND
+    r = (xc - k * _LN2_HI) - k * _LN2_LO
+    p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6 + r * (1.0 / 24 + r * (1.0 / 120 + r * (
+        1.0 / 720 + r * (1.0 / 5040 + r * (1.0 / 40320))))))))
+    return p * _bits_f64((_f64_bits(t) + 1023) << 52)
+
+
+@_nb.njit(cache=True, nogil=True, error_model="numpy")
+def _expf(x):
+    xd = _np.float64(x)
+    v = _exp64(xd)
+    v = xd if xd != xd else v
+    return _np.float32(v)
+
+
+@_nb.njit(cache=True, nogil=True, error_model="numpy")
+def _sincosf(x, shift):
+    xd = _np.float64(x)
+    ax = abs(xd)
+    xr = xd if ax <= _SIN_LIMIT else 0.0
+    t = xr * _TWO_OVER_PI + _RND
+    k = t - _RND
+    q = _f64_bits(t) + shift
+    r = ((xr - k * _PIO2_1) - k * _PIO2_2) - k * _PIO2_3
+    r2 = r * r
+    s = r + r * r2 * (-1.0 / 6 + r2 * (1.0 / 120 + r2 * (-1.0 / 5040 + r2 * (
+        1.0 / 362880 + r2 * (-1.0 / 39916800)))))
+    c = 1.0 + r2 * (-0.5 + r2 * (1.0 / 24 + r2 * (-1.0 / 720 + r2 * (1.0 / 40320 + r2 * (
+        -1.0 / 3628800 + r2 * (1.0 / 479001600))))))
+    v = c if (q & 1) != 0 else s
+    v = -v if (q & 2) != 0 else v
+    # sin x = x to float32 precision for tiny x (and keeps the sign of -0.0)
+    v = xd if shift == 0 and ax < 1e-4 else v
+    v = v if ax <= _SIN_LIMIT else _np.nan  # inf, nan (and huge: recomputed)
+    return _np.float32(v)
+
+
+@_nb.njit(cache=True, nogil=True, error_model="numpy")
+def _sinf(x):
+    return _sincosf(x, 0)
+
+
+@_nb.njit(cache=True, nogil=True, error_model="numpy")
+def _cosf(x):
+    return _sincosf(x, 1)
+
+
+@_nb.njit(cache=True, nogil=True, error_model="numpy")
+def _big_arg(x):
+    # A float flag: its sum vectorizes along with the kernel's float work.
+    ax = abs(x)
+    return _np.float32(1) if (ax > _SIN_LIMIT) & (ax < _np.inf) else _np.float32(0)
+
+
+@_nb.njit(cache=True, nogil=True, error_model="numpy")
+def _tanhf(x):
+    xd = _np.float64(x)
+    ax = min(abs(xd), 20.0)
+    # In double, 1 - 2 / (e**2|x| + 1) loses nothing a float32 result can see.
+    v = 1.0 - 2.0 / (_exp64(2.0 * ax) + 1.0)
+    v = -v if xd < 0 else v
+    v = xd if abs(xd) < 1e-4 or xd != xd else v
+    return _np.float32(v)
+
+
+@_nb.njit(cache=True, nogil=True, error_model="numpy")
+def _logisticf(x):
+    xd = _np.float64(x)
+    v = 1.0 / (1.0 + _exp64(-xd))
+    v = xd if xd != xd else v
+    return _np.float32(v)
+
+
+"""
+
+# Primitives with a vectorizable float32 helper above: name -> helper.
+POLY32 = {"sin": "_sinf", "cos": "_cosf", "exp": "_expf", "tanh": "_tanhf",
+          "logistic": "_logisticf"}
+
+
+def _uses_poly(cluster):
+    return any(e.primitive.name in POLY32 and e.outvars[0].aval.dtype == np.float32
+               for e in cluster.eqns)
+
+
+def _needs_range_flag(cluster):
+    return any(e.primitive.name in ("sin", "cos") and e.outvars[0].aval.dtype == np.float32
+               for e in cluster.eqns)
+
+
 _literal_src = plan.literal_src
 _coalesce = plan.coalesce
 _view_in_loop = plan.view_in_loop
@@ -210,6 +368,7 @@ def _numba_kernel_source(cluster, groups, loop_shape, parallel):
             load_args.append((li, "array", lv))
     val_names = {}
     body = []
+    checked = set()  # sin/cos arguments already range-checked
     reductions = []  # (out var, kind, reduced loop dims, acc name, init, acc dtype)
     for j, eqn in enumerate(cluster.eqns):
         name = eqn.primitive.name
@@ -240,6 +399,10 @@ def _numba_kernel_source(cluster, groups, loop_shape, parallel):
         vn = f"v{j}"
         body.append(f"{vn} = {_scalar_expr(eqn, args, in_avals)}")
         val_names[eqn.outvars[0]] = vn
+        if name in ("sin", "cos") and eqn.outvars[0].aval.dtype == np.float32 and \
+                args[0] not in checked:
+            checked.add(args[0])
+            body.append(f"nbig += _big_arg({args[0]})")
     out_args = []
     for oi, v in enumerate(cluster.outputs):
         if v in cluster.reduce_outs:
@@ -271,6 +434,11 @@ def _numba_kernel_source(cluster, groups, loop_shape, parallel):
     # Loop nest.
     lines.append(f"def kernel({', '.join(arg_names)}):")
     ind = "    "
+    poly = _uses_poly(cluster)
+    if poly:
+        # How many sin/cos arguments were beyond exact range reduction (returned, so that
+        # the driver can recompute the cluster with numpy).
+        lines.append(f"{ind}nbig = _np.float32(0)")
     for r, red in enumerate(reductions):
         if r not in suffix_start:
             lines.append(f"{ind}r{r}[...] = {red[4]}")
@@ -291,10 +459,14 @@ def _numba_kernel_source(cluster, groups, loop_shape, parallel):
                 kept = [kk for kk in range(m) if kk not in red_loop]
                 kept_idx = ", ".join(idx[kk] for kk in kept) if kept else "0"
                 lines.append(f"{ind}r{r}[{kept_idx}] = acc{r}")
-    lines.append(f"{ind}return 0")
+    lines.append(f"{ind}return {'nbig' if poly else '0'}")
+    # Reassociation lets LLVM vectorize the float sums of a polynomial kernel (its helpers
+    # keep strict semantics); no flag assumes away nan or inf.
+    fm = ", fastmath={'reassoc'}" if poly else ""
     deco = (f"@_nb.njit(cache=True, nogil=True, error_model='numpy'"
-            f"{', parallel=True' if parallel else ''})")
-    source = (_KERNEL_PRELUDE + "".join(c + "\n" for c in const_lines) + "\n\n" + deco + "\n"
+            f"{', parallel=True' if parallel else ''}{fm})")
+    source = (_KERNEL_PRELUDE + (_POLY_PRELUDE if poly else "")
+              + "".join(c + "\n" for c in const_lines) + "\n\n" + deco + "\n"
               + "\n".join(lines) + "\n")
     return source, load_args, out_args, red_args, reductions
 
@@ -580,14 +752,18 @@ def _choose(cluster):
 
     numba loads and compiles in ~0.5-3 s, so it is used for large clusters with enough
     arithmetic to repay it (``NUMBA_MIN_OPS``), and never for transcendental functions (scalar
-    libm here). Blocked ufunc chains cost nothing to build and keep temporaries in cache, so
+    libm here) except the float32 ones with vectorizable helpers (``POLY32``). Blocked ufunc
+    chains cost nothing to build and keep temporaries in cache, so
     they take every other large cluster whose operands are whole arrays or scalars."""
     eqns = cluster.eqns
     n = cluster.size
     real = [e for e in eqns if e.primitive.name != "broadcast_in_dim"]
     if len(real) <= 1:
         return "unfused"
-    trans = any(e.primitive.name in TRANSCENDENTAL for e in eqns)
+    # float32 sin/cos/exp/tanh/logistic have vectorizable helpers: they do not count.
+    trans = any(e.primitive.name in TRANSCENDENTAL and not (
+        POLY32_ENABLED and e.primitive.name in POLY32 and
+        e.outvars[0].aval.dtype == np.float32) for e in eqns)
     many_ops = len(real) >= NUMBA_MIN_OPS
     if not trans and many_ops and n >= NUMBA_MIN_SIZE and n > 1:
         return "numba"
@@ -620,6 +796,9 @@ class Executable:
         self.compile_seconds = 0.0
         self.numba_compiles = 0
         self.numba_disk_hits = 0
+        self.small_source = None   # the whole program as one numba function (tier-up)
+        self.slow_fn = fn
+        self.tiered = False
 
     def __call__(self, *args):
         if not self._ran:
@@ -646,6 +825,9 @@ class Executable:
         parts += ["# driver", self.source]
         for i, src in enumerate(self.kernel_sources):
             parts += [f"# kernel {i}", src]
+        if self.small_source is not None:
+            parts += [f"# whole program as one numba function, used after {SMALL_TIER_CALLS} "
+                      f"calls ({'in use' if self.tiered else 'not yet'})", self.small_source]
         return "\n".join(parts)
 
 
@@ -865,7 +1047,7 @@ class _Emitter:
     or dict per step)."""
 
     def __init__(self, sub_lowering):
-        self.glb = {"_np": np, "_wrap": _wrap_out, "_reuse": _reuse_buffer,
+        self.glb = {"_np": np, "_wrap": _wrap_out, "_reuse": _reuse_buffer, "_pooled": _pooled,
                     "_fitd": _fit_dtype}
         self.counter = 0
         self.kernel_sources, self.summary, self.dispatchers = [], [], []
@@ -1201,6 +1383,13 @@ def lower(closed, donated=(), name="jitted", sub_lowering=None):
     fn = glb[fname]
     exe = Executable(fn, source, em.kernel_sources, jaxpr, em.summary,
                      [k for k, _ in em.dispatchers], closed)
+    if SMALL_TIER_CALLS > 0 and not em.dispatchers:
+        small = _small_program_source(jaxpr)
+        if small is not None:
+            exe.small_source = small
+            exe.slow_fn = fn
+            exe.fn = _Tiered(exe, small, [v.aval for v in jaxpr.invars],
+                             [v.aval for v in jaxpr.outvars], consts)
     if em.dispatchers:
         exe.compile_seconds, exe.numba_compiles, exe.numba_disk_hits = \
             _precompile(em.dispatchers)
@@ -1215,6 +1404,25 @@ def _wrap_out(x, _arr=core.Array, _nd=np.ndarray, _array=np.array):
     if t is _nd:
         return x.view(_arr)
     return _array(x).view(_arr)
+
+
+# Kernel outputs this large are kept by the program between calls and reused once nothing
+# else refers to them. glibc serves them with fresh mmap pages (its mmap threshold cannot
+# exceed 32 MiB), so a new buffer costs a page fault per 4 KiB on first write: 15 ms of a
+# 120 ms call on 1e7 float32 (W4). Reuse is decided by reference count, so a result the caller
+# still holds (or any view of it) is never overwritten. The price: one buffer per such
+# output stays allocated while the program lives, as in XLA's or PyTorch's allocators.
+POOL_MIN_BYTES = int(os.environ.get("FUNCTRAX_POOL_MIN_BYTES", 16 << 20))
+
+
+def _pooled(slot, shape, dtype, _getrc=sys.getrefcount, _empty=np.empty):
+    """A buffer for a kernel output: the slot's previous one when no one else holds it."""
+    buf = slot.pop(0, None)  # taken out first: two threads never get the same buffer
+    # References here: ``buf`` and getrefcount's argument.
+    if buf is None or _getrc(buf) != 2:
+        buf = _empty(shape, dtype)
+    slot[0] = buf
+    return buf
 
 
 def _safe_name(name):
@@ -1252,9 +1460,12 @@ def _emit_numba(step, lines, glb, names, ref, fresh, nk, kernel_sources, summary
     args = [str(n) for n in loop_shape]
     # Dying, owned, full-shape inputs can be overwritten by a same-typed output.
     reusable = []
+    flagged = _needs_range_flag(step)
     for li, kind, lv in load_args:
         op, view = step.loads[li]
-        if kind == "array" and op in owned and last.get(op) == si and op not in outset and \
+        # A kernel that may be recomputed by its fallback must leave its inputs intact.
+        if kind == "array" and not flagged and op in owned and last.get(op) == si and \
+                op not in outset and \
                 tuple(view) == tuple(step.shape):
             reusable.append(op)
     for li, kind, lv in load_args:
@@ -1278,6 +1489,10 @@ def _emit_numba(step, lines, glb, names, ref, fresh, nk, kernel_sources, summary
                              f"_np.{_dt_name(dt)})")
             else:  # a buffer this program allocated
                 lines.append(f"{buf} = {ref(src_reuse)}.reshape({loop_shape!r})")
+        elif v.aval.size * dt.itemsize >= POOL_MIN_BYTES:
+            slot = fresh("_slot")
+            glb[slot] = {}
+            lines.append(f"{buf} = _pooled({slot}, {loop_shape!r}, _np.{_dt_name(dt)})")
         else:
             lines.append(f"{buf} = _np.empty({loop_shape!r}, _np.{_dt_name(dt)})")
         args.append(buf)
@@ -1297,8 +1512,37 @@ def _emit_numba(step, lines, glb, names, ref, fresh, nk, kernel_sources, summary
         dt = v.aval.dtype
         conv = f".astype(_np.{_dt_name(dt)})" if dt != acc_dt else ""
         post.append(f"{names[v]} = {buf}{conv}.reshape({v.aval.shape!r})")
-    lines.append(f"{kname}({', '.join(args)})")
+    if not flagged:
+        lines.append(f"{kname}({', '.join(args)})")
+        lines.extend(post)
+        return
+    # Some float32 sin/cos argument was too large for the kernel's range reduction (rare):
+    # the cluster is recomputed by numpy, through the primitives' impls.
+    flag = fresh("nbig")
+    lines.append(f"{flag} = {kname}({', '.join(args)})")
     lines.extend(post)
+    fb_ins, fb = _cluster_fallback(step)
+    fbname = fresh("_fb")
+    glb[fbname] = fb
+    outs = [names[v] for v in step.outputs]
+    lines.append(f"if {flag}:")
+    lines.append(f"    {', '.join(outs)}, = {fbname}({', '.join(ref(v) for v in fb_ins)})")
+
+
+def _cluster_fallback(step):
+    """(inputs, function) evaluating a cluster's equations one by one with their impls."""
+    defined = {v for e in step.eqns for v in e.outvars}
+    ins = []
+    for e in step.eqns:
+        for v in e.invars:
+            if type(v) is not Literal and v not in defined and v not in ins:
+                ins.append(v)
+    sub = core.Jaxpr([], ins, list(step.outputs), step.eqns)
+
+    def fallback(*args):
+        with np.errstate(all="ignore"):  # as quiet as the kernel it stands in for
+            return [core.wrap_array(o) for o in core.eval_jaxpr(sub, [], *args)]
+    return ins, fallback
 
 
 def _signature(step, loop_shape, load_args, out_args, red_args, reductions):
@@ -1341,6 +1585,454 @@ def _reduced_loop_dims(step, groups):
             axes = set(e.params["axes"])
             out.append([k for k, g in enumerate(groups) if any(d in axes for d in g)])
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Small programs: the whole straight-line program as one numba function (tier-up)
+
+# Every array of a program at most this large (elements) lets it run as one numba function.
+SMALL_MAX_SIZE = int(os.environ.get("FUNCTRAX_SMALL_MAX_SIZE", 1 << 16))
+# ... with at least this many equations (fewer: dispatch is not what costs) ...
+SMALL_MIN_EQNS = int(os.environ.get("FUNCTRAX_SMALL_MIN_EQNS", 8))
+# ... once it has been called this many times (0: never). The numpy driver runs first: a
+# numba function costs 0.5-3 s to compile (a disk-cache hit, ~0.1 s), which only a program
+# called many times repays; the tests and one-off calls never pay it.
+SMALL_TIER_CALLS = int(os.environ.get("FUNCTRAX_SMALL_TIER_CALLS", 64))
+# ... or this many, when numba's disk cache already holds the compiled function.
+SMALL_TIER_ON_DISK = 3
+
+_SMALL_LAYOUT = frozenset({"broadcast_in_dim", "reshape", "squeeze", "expand_dims", "transpose",
+                           "dot_general", "is_finite"})
+
+
+def _bcast_subs(shape, out_shape, idx):
+    """Subscripts reading an operand of ``shape`` at the output index (numpy broadcasting:
+    right-aligned, size-1 dims read at 0)."""
+    r, t = len(out_shape), len(shape)
+    return [("0" if shape[j] == 1 and out_shape[r - t + j] != 1 else idx[r - t + j])
+            for j in range(t)]
+
+
+def _small_program_source(jaxpr):
+    """Source of a numba function ``kernel(*inputs, *consts)`` computing ``jaxpr`` (returns
+    the tuple of its outputs; 0-d values are scalars), or None when some equation or value is
+    outside what it handles."""
+    if len(jaxpr.eqns) < SMALL_MIN_EQNS:
+        return None
+    allvars = list(jaxpr.invars) + list(jaxpr.constvars)
+    for e in jaxpr.eqns:
+        if e.primitive in effectful_primitives or any(True for _ in core.subjaxprs_of_eqn(e)):
+            return None
+        if len(e.outvars) != 1:
+            return None
+        allvars += [v for v in e.invars if type(v) is not Literal] + list(e.outvars)
+    for v in allvars:
+        if v.aval.dtype not in plan.KERNEL_DTYPES or v.aval.size > SMALL_MAX_SIZE:
+            return None
+    names = {}
+    for i, v in enumerate(list(jaxpr.invars) + list(jaxpr.constvars)):
+        names[v] = f"a{i}"
+    const_lines = []
+    const_views = set(jaxpr.constvars)
+
+    def ref(v):
+        if type(v) is Literal:
+            c = f"_c{len(const_lines)}"
+            const_lines.append(f"{c} = {_literal_src(v.val, v.aval.dtype)}")
+            return c
+        return names[v]
+
+    body = []
+    ind = "    "
+
+    def loops(shape, inner):
+        idx = [f"i{k}" for k in range(len(shape))]
+        pad = ind
+        for k, n in enumerate(shape):
+            body.append(f"{pad}for i{k} in range({n}):")
+            pad += "    "
+        for line in inner(idx):
+            body.append(pad + line)
+
+    def read(v, out_shape, idx):
+        if type(v) is Literal or v.aval.shape == ():
+            return ref(v)
+        subs = _bcast_subs(tuple(v.aval.shape), tuple(out_shape), idx)
+        return f"{ref(v)}[{', '.join(subs)}]"
+
+    # Elementwise clusters (as the kernels fuse them) become one loop nest each; everything
+    # else is an equation at a time, in the fused step order.
+    items = []
+    for st in plan.fuse(jaxpr, plan.DEFAULT_FUSIBLE, _can_fuse):
+        if isinstance(st, OpStep):
+            items.append(("eqn", st.eqn))
+        elif _small_fusable(st):
+            items.append(("cluster", st))
+        else:
+            items.extend(("eqn", e) for e in st.eqns)
+    for j, (kind, e) in enumerate(items):
+        if kind == "cluster":
+            _small_cluster(e, j, names, ref, read, body, ind)
+            continue
+        name = e.primitive.name
+        out = e.outvars[0]
+        oshape, odt = tuple(out.aval.shape), out.aval.dtype
+        on = f"v{j}"
+        p = e.params
+        if name in plan.ELEMENTWISE or name == "is_finite":
+            if name != "is_finite" and not _can_fuse(e):
+                return None
+            in_avals = [v.aval for v in e.invars]
+
+            def expr(idx, e=e, in_avals=in_avals, name=name, oshape=oshape):
+                args = [read(v, oshape, idx) for v in e.invars]
+                if name == "is_finite":
+                    return f"_np.isfinite({args[0]})"
+                return _scalar_expr(e, args, in_avals, poly=False)
+            if oshape == ():
+                body.append(f"{ind}{on} = {expr([])}")
+            else:
+                body.append(f"{ind}{on} = _np.empty({oshape!r}, _np.{_dt_name(odt)})")
+                loops(oshape, lambda idx, on=on, expr=expr: [f"{on}[{', '.join(idx)}] = "
+                                                             f"{expr(idx)}"])
+        elif name in plan.REDUCTIONS:
+            x = e.invars[0]
+            if type(x) is Literal or odt.kind == "b":
+                return None
+            xshape = tuple(x.aval.shape)
+            axes = set(p["axes"])
+            acc_dt = np.dtype(np.float64) if odt.kind == "f" else (
+                np.dtype(np.int64) if odt.kind == "i" else np.dtype(np.uint64))
+            if name == "reduce_sum":
+                init = "0"
+            elif name == "reduce_max":
+                init = "-_np.inf" if odt.kind == "f" else str(np.iinfo(odt).min)
+            else:
+                init = "_np.inf" if odt.kind == "f" else str(np.iinfo(odt).max)
+            init = f"_np.{_dt_name(acc_dt)}({init})"
+            if xshape == ():
+                body.append(f"{ind}{on} = {ref(x)}")
+                continue
+            kept = [k for k in range(len(xshape)) if k not in axes]
+            acc = f"r{j}"
+            if oshape == ():
+                body.append(f"{ind}{acc} = {init}")
+            else:
+                body.append(f"{ind}{acc} = _np.full({oshape!r}, {init})")
+            val_of = lambda idx, x=x, xshape=xshape: _cast(
+                f"{ref(x)}[{', '.join(idx)}]", x.aval.dtype, acc_dt)
+
+            def upd(idx, acc=acc, kept=kept, name=name, val_of=val_of, oshape=oshape):
+                tgt = acc if oshape == () else f"{acc}[{', '.join(idx[k] for k in kept)}]"
+                val = val_of(idx)
+                if name == "reduce_sum":
+                    return [f"{tgt} += {val}"]
+                fn = ("_f" if odt.kind == "f" else "") + ("max" if name == "reduce_max"
+                                                           else "min")
+                return [f"{tgt} = {fn}({tgt}, {val})"]
+            loops(xshape, upd)
+            if oshape == ():
+                body.append(f"{ind}{on} = {_cast(acc, acc_dt, odt)}")
+            else:
+                conv = f".astype(_np.{_dt_name(odt)})" if acc_dt != odt else ""
+                body.append(f"{ind}{on} = {acc}{conv}")
+        elif name == "broadcast_in_dim":
+            x = e.invars[0]
+            if type(x) is Literal:
+                return None
+            xs = tuple(x.aval.shape)
+            bd = tuple(p["broadcast_dimensions"])
+            if oshape == ():
+                body.append(f"{ind}{on} = {ref(x)}")
+                continue
+            body.append(f"{ind}{on} = _np.empty({oshape!r}, _np.{_dt_name(odt)})")
+
+            def bcast(idx, x=x, xs=xs, bd=bd, on=on):
+                if xs == ():
+                    src = ref(x)
+                else:
+                    subs = ["0" if xs[k] == 1 and oshape_of[on][bd[k]] != 1 else idx[bd[k]]
+                            for k in range(len(xs))]
+                    src = f"{ref(x)}[{', '.join(subs)}]"
+                return [f"{on}[{', '.join(idx)}] = {src}"]
+            oshape_of = {on: oshape}
+            loops(oshape, bcast)
+        elif name in ("reshape", "squeeze", "expand_dims"):
+            x = e.invars[0]
+            if type(x) is Literal or (name == "reshape" and p.get("dimensions") is not None):
+                return None
+            xs = tuple(x.aval.shape)
+            if xs == ():
+                body.append(f"{ind}{on} = _np.full({oshape!r}, {ref(x)})" if oshape != ()
+                            else f"{ind}{on} = {ref(x)}")
+            elif oshape == ():
+                body.append(f"{ind}{on} = {ref(x)}.reshape(1)[0]")
+            else:
+                body.append(f"{ind}{on} = {ref(x)}.reshape({oshape!r})")
+                if x in const_views:
+                    const_views.add(out)
+        elif name == "transpose":
+            x = e.invars[0]
+            if type(x) is Literal or oshape == ():
+                return None
+            perm = tuple(p["permutation"])
+            body.append(f"{ind}{on} = _np.empty({oshape!r}, _np.{_dt_name(odt)})")
+
+            def tr(idx, x=x, perm=perm, on=on):
+                # out[i] = x[j] with j[perm[k]] = i[k]
+                src = [None] * len(perm)
+                for k, pk in enumerate(perm):
+                    src[pk] = idx[k]
+                return [f"{on}[{', '.join(idx)}] = {ref(x)}[{', '.join(src)}]"]
+            loops(oshape, tr)
+        elif name == "dot_general":
+            src = _small_dot(e, ref)
+            if src is None:
+                return None
+            body.append(f"{ind}{on} = {src}")
+        else:
+            return None
+        names[out] = on
+    # Outputs are the caller's to mutate: never the program's constants (or views of them).
+    outs = [f"{ref(v)}.copy()" if type(v) is not Literal and v in const_views and
+            v.aval.shape != () else ref(v) for v in jaxpr.outvars]
+    args = [names[v] for v in list(jaxpr.invars) + list(jaxpr.constvars)]
+    src = (_KERNEL_PRELUDE + "".join(c + "\n" for c in const_lines) + "\n\n"
+           "@_nb.njit(cache=True, nogil=True, error_model='numpy')\n"
+           f"def kernel({', '.join(args)}):\n" + "\n".join(body) + "\n"
+           f"    return ({''.join(o + ', ' for o in outs)})\n")
+    return src
+
+
+def _small_fusable(cluster):
+    """Whether a cluster becomes one loop nest in a small program: several operations over
+    a non-scalar iteration shape, every non-reduction result of that shape, no reduction
+    result read inside the cluster."""
+    shape = tuple(cluster.shape)
+    real = [e for e in cluster.eqns if e.primitive.name != "broadcast_in_dim"]
+    if len(real) < 2 or shape == ():
+        return False
+    red_outs = {e.outvars[0] for e in cluster.eqns if e.primitive.name in plan.REDUCTIONS}
+    for e in cluster.eqns:
+        if e.primitive.name in plan.REDUCTIONS:
+            if tuple(e.invars[0].aval.shape) != shape or e.outvars[0].aval.dtype.kind == "b":
+                return False
+        elif tuple(e.outvars[0].aval.shape) != shape:
+            return False
+        if e.primitive.name == "broadcast_in_dim" and type(e.invars[0]) is Literal:
+            return False
+        if any(type(v) is not Literal and v in red_outs for v in e.invars):
+            return False
+    return True
+
+
+def _small_cluster(cluster, j, names, ref, read, body, ind):
+    """One loop nest over the cluster's iteration shape: each operation a scalar statement,
+    escaping values stored, reductions accumulated (float sums in float64)."""
+    shape = tuple(cluster.shape)
+    idx = [f"i{k}" for k in range(len(shape))]
+    local = {}          # value computed in the loop -> scalar name
+    pre, inner, post = [], [], []
+    # When every reduction sums over the trailing dims (a row reduction), its accumulator is
+    # a scalar reset at that loop depth: no store-to-load chain through memory per element.
+    depths = set()
+    for e in cluster.eqns:
+        if e.primitive.name in plan.REDUCTIONS:
+            axes = set(e.params["axes"])
+            kept = [k for k in range(len(shape)) if k not in axes]
+            depths.add(len(kept) if kept == list(range(len(kept))) and axes else -1)
+    depth = depths.pop() if len(depths) == 1 and -1 not in depths else None
+    open_at, close_at = [], []   # lines at the reduction depth, before / after its loops
+    outputs = set(cluster.outputs)
+    for n, e in enumerate(cluster.eqns):
+        name = e.primitive.name
+        out = e.outvars[0]
+        odt = out.aval.dtype
+        vn = f"w{j}_{n}"
+
+        def arg(v):
+            if type(v) is not Literal and v in local:
+                return local[v]
+            return read(v, shape, idx)
+        if name == "broadcast_in_dim":
+            x = e.invars[0]
+            if x in local:
+                src = local[x]
+            elif x.aval.shape == ():
+                src = ref(x)
+            else:
+                bd = tuple(e.params["broadcast_dimensions"])
+                xs = tuple(x.aval.shape)
+                subs = ["0" if xs[k] == 1 and shape[bd[k]] != 1 else idx[bd[k]]
+                        for k in range(len(xs))]
+                src = f"{ref(x)}[{', '.join(subs)}]"
+            inner.append(f"{vn} = {src}")
+        elif name in plan.REDUCTIONS:
+            axes = set(e.params["axes"])
+            kept = [k for k in range(len(shape)) if k not in axes]
+            oshape = tuple(out.aval.shape)
+            acc_dt = np.dtype(np.float64) if odt.kind == "f" else (
+                np.dtype(np.int64) if odt.kind == "i" else np.dtype(np.uint64))
+            if name == "reduce_sum":
+                init = "0"
+            elif name == "reduce_max":
+                init = "-_np.inf" if odt.kind == "f" else str(np.iinfo(odt).min)
+            else:
+                init = "_np.inf" if odt.kind == "f" else str(np.iinfo(odt).max)
+            acc = f"r{j}_{n}"
+            pre.append(f"{acc} = _np.full({(oshape or (1,))!r}, _np.{_dt_name(acc_dt)}({init}))")
+            tgt = f"{acc}[{', '.join(idx[k] for k in kept) if kept else '0'}]"
+            if depth is not None:
+                open_at.append(f"s{j}_{n} = _np.{_dt_name(acc_dt)}({init})")
+                close_at.append(f"{tgt} = s{j}_{n}")
+                tgt = f"s{j}_{n}"
+            val = _cast(arg(e.invars[0]), e.invars[0].aval.dtype, acc_dt)
+            if name == "reduce_sum":
+                inner.append(f"{tgt} += {val}")
+            else:
+                fn = ("_f" if odt.kind == "f" else "") + ("max" if name == "reduce_max"
+                                                           else "min")
+                inner.append(f"{tgt} = {fn}({tgt}, {val})")
+            res = f"v{j}_{n}"
+            if oshape == ():
+                post.append(f"{res} = {_cast(acc + '[0]', acc_dt, odt)}")
+            else:
+                conv = f".astype(_np.{_dt_name(odt)})" if acc_dt != odt else ""
+                post.append(f"{res} = {acc}{conv}")
+            names[out] = res
+            continue
+        else:
+            expr = _scalar_expr(e, [arg(v) for v in e.invars], [v.aval for v in e.invars],
+                                poly=False)
+            inner.append(f"{vn} = {expr}")
+        local[out] = vn
+        if out in outputs:
+            buf = f"v{j}_{n}"
+            pre.append(f"{buf} = _np.empty({shape!r}, _np.{_dt_name(odt)})")
+            inner.append(f"{buf}[{', '.join(idx)}] = {vn}")
+            names[out] = buf
+    for line in pre:
+        body.append(ind + line)
+    pad = ind
+    for k, n in enumerate(shape):
+        if k == depth:
+            body.extend(pad + line for line in open_at)
+        body.append(f"{pad}for i{k} in range({n}):")
+        pad += "    "
+    for line in inner:
+        body.append(pad + line)
+    if depth is not None:
+        body.extend(ind + "    " * depth + line for line in close_at)
+    for line in post:
+        body.append(ind + line)
+
+
+def _small_dot(e, ref):
+    """numba source for a dot_general without batch dims whose operands' contracting dims
+    lead or trail: one ``np.dot`` (BLAS) on 1-D or 2-D views, reshaped."""
+    (lc, rc), (lb, rb) = e.params["dimension_numbers"]
+    a, b = e.invars
+    odt = e.outvars[0].aval.dtype
+    oshape = tuple(e.outvars[0].aval.shape)
+    pref = e.params.get("preferred_element_type")
+    if lb or rb or not lc or type(a) is Literal or type(b) is Literal or \
+            a.aval.dtype != odt or b.aval.dtype != odt or odt.kind != "f" or \
+            (pref is not None and np.dtype(pref) != odt):
+        return None
+    sa, sb = tuple(a.aval.shape), tuple(b.aval.shape)
+    k = int(np.prod([sa[d] for d in lc], dtype=np.int64))
+    fa = int(np.prod(sa, dtype=np.int64)) // max(k, 1)
+    fb = int(np.prod(sb, dtype=np.int64)) // max(k, 1)
+    if k == 0 or 0 in oshape:
+        return None
+
+    def view(x, shape, contract, free, first):
+        n = len(contract)
+        if len(shape) == n:
+            return f"{ref(x)}.reshape({k})"          # a vector: gemv / dot
+        if tuple(contract) == tuple(range(n)):
+            m = f"{ref(x)}.reshape(({k}, {free}))"
+            return m if not first else m + ".T"
+        if tuple(contract) == tuple(range(len(shape) - n, len(shape))):
+            m = f"{ref(x)}.reshape(({free}, {k}))"
+            return m if first else m + ".T"
+        return None
+    A = view(a, sa, lc, fa, True)
+    B = view(b, sb, rc, fb, False)
+    if A is None or B is None:
+        return None
+    prod = f"_np.dot({A}, {B})"
+    if oshape == ():
+        return prod if len(sa) == len(lc) and len(sb) == len(rc) else f"{prod}.reshape(1)[0]"
+    return f"_np.ascontiguousarray({prod}).reshape({oshape!r})"
+
+
+class _Tiered:
+    """The driver of a small program: the numpy driver until the program has been called
+    ``SMALL_TIER_CALLS`` times (``SMALL_TIER_ON_DISK`` times when an earlier process compiled
+    the same function and numba's disk cache holds it), then one numba function (see ``_small_program_source``).
+    The first numba result is checked against the numpy driver's; a mismatch or a compile
+    failure keeps the numpy driver for good."""
+
+    def __init__(self, exe, source, in_avals, out_avals, consts):
+        self.exe = exe
+        self.source = source
+        self.in_avals = in_avals
+        self.out_avals = out_avals
+        self.consts = [np.ascontiguousarray(c) if np.ndim(c) else np.asarray(c)[()]
+                       for c in consts]
+        self.calls = 0
+        self.fast = None
+        # Compiled by an earlier process: loading it is cheap (but imports numba, ~0.5 s once),
+        # so switch as soon as the program is seen to be called repeatedly.
+        self.tier_at = min(SMALL_TIER_ON_DISK, SMALL_TIER_CALLS) if \
+            cache.compiled_on_disk(source) else SMALL_TIER_CALLS
+
+    def __call__(self, *args):
+        fast = self.fast
+        if fast is not None:
+            return fast(*args)
+        self.calls += 1
+        if self.calls == self.tier_at:
+            self._tier_up(args)
+        return self.exe.slow_fn(*args)
+
+    def _tier_up(self, args):
+        try:
+            mod, _, _ = cache.load_module(self.source)
+            kern = mod.kernel
+            conv = []
+            for a in self.in_avals:
+                dt = a.dtype
+                conv.append((lambda x, t=dt.type: t(np.asarray(x).reshape(())[()])) if a.shape == ()
+                            else (lambda x, dt=dt: np.ascontiguousarray(x, dt)))
+            consts = tuple(self.consts)
+            outs = [(a.shape == (), a.dtype) for a in self.out_avals]
+            wrap = _wrap_out
+
+            def fast(*xs):
+                res = kern(*[c(x) for c, x in zip(conv, xs)], *consts)
+                return [wrap(np.asarray(r, dt)) if scalar else wrap(r)
+                        for r, (scalar, dt) in zip(res, outs)]
+            t0 = time.perf_counter()
+            got = fast(*args)
+            self.exe.compile_seconds += time.perf_counter() - t0
+            want = self.exe.slow_fn(*args)
+            for g, w in zip(got, want):
+                g, w = np.asarray(g), np.asarray(w)
+                if g.shape != w.shape or g.dtype != w.dtype:
+                    return
+                if g.dtype.kind in "fc":
+                    fin = np.abs(w[np.isfinite(w)])
+                    scale = 1.0 + (float(fin.max()) if fin.size else 0.0)
+                    if not np.allclose(g, w, rtol=1e-4, atol=1e-6 * scale, equal_nan=True):
+                        return
+                elif not np.array_equal(g, w):
+                    return
+        except Exception:  # an unforeseen typing gap: the numpy driver stays
+            return
+        self.fast = fast
+        self.exe.tiered = True
 
 
 # ---------------------------------------------------------------------------------------------
