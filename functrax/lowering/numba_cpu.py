@@ -1701,14 +1701,7 @@ def _small_program_source(jaxpr):
                 return None
             xshape = tuple(x.aval.shape)
             axes = set(p["axes"])
-            acc_dt = np.dtype(np.float64) if odt.kind == "f" else (
-                np.dtype(np.int64) if odt.kind == "i" else np.dtype(np.uint64))
-            if name == "reduce_sum":
-                init = "0"
-            elif name == "reduce_max":
-                init = "-_np.inf" if odt.kind == "f" else str(np.iinfo(odt).min)
-            else:
-                init = "_np.inf" if odt.kind == "f" else str(np.iinfo(odt).max)
+            acc_dt, init = _reduction_accumulator(name, odt)
             init = f"_np.{_dt_name(acc_dt)}({init})"
             if xshape == ():
                 body.append(f"{ind}{on} = {ref(x)}")
@@ -1871,14 +1864,7 @@ def _small_cluster(cluster, j, names, ref, read, body, ind):
             axes = set(e.params["axes"])
             kept = [k for k in range(len(shape)) if k not in axes]
             oshape = tuple(out.aval.shape)
-            acc_dt = np.dtype(np.float64) if odt.kind == "f" else (
-                np.dtype(np.int64) if odt.kind == "i" else np.dtype(np.uint64))
-            if name == "reduce_sum":
-                init = "0"
-            elif name == "reduce_max":
-                init = "-_np.inf" if odt.kind == "f" else str(np.iinfo(odt).min)
-            else:
-                init = "_np.inf" if odt.kind == "f" else str(np.iinfo(odt).max)
+            acc_dt, init = _reduction_accumulator(name, odt)
             acc = f"r{j}_{n}"
             pre.append(f"{acc} = _np.full({(oshape or (1,))!r}, _np.{_dt_name(acc_dt)}({init}))")
             tgt = f"{acc}[{', '.join(idx[k] for k in kept) if kept else '0'}]"
@@ -2065,3 +2051,15 @@ def _while_rule(eqn, lower_sub):
 lowering_rules["scan"] = _scan_rule
 lowering_rules["cond"] = _cond_rule
 lowering_rules["while"] = _while_rule
+
+
+def _reduction_accumulator(name, odt):
+    """The accumulator dtype (float64 / int64 / uint64 by kind) and the source text of the
+    initial value of a sum, max or min reduction producing dtype ``odt``."""
+    acc_dt = np.dtype(np.float64) if odt.kind == "f" else (
+        np.dtype(np.int64) if odt.kind == "i" else np.dtype(np.uint64))
+    if name == "reduce_sum":
+        return acc_dt, "0"
+    if name == "reduce_max":
+        return acc_dt, "-_np.inf" if odt.kind == "f" else str(np.iinfo(odt).min)
+    return acc_dt, "_np.inf" if odt.kind == "f" else str(np.iinfo(odt).max)
