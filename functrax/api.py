@@ -187,17 +187,21 @@ def jvp(fun, primals, tangents, has_aux=False):
         out = fun(*args)
         if has_aux:
             out, aux = _split_aux("jvp", out)
-            out_box.append(aux)
         out_leaves, out_tree = tree_flatten(out)
-        out_box.insert(0, out_tree)
+        out_box.append(out_tree)
+        if has_aux:
+            aux_leaves, aux_tree = tree_flatten(aux)
+            out_box.append(aux_tree)
+            return out_leaves, aux_leaves
         return out_leaves
 
-    p_out, t_out = jvp_flat(flat, p_leaves, t_leaves)
+    res = jvp_flat(flat, p_leaves, t_leaves, has_aux=has_aux)
+    p_out, t_out = res[0], res[1]
     out_tree = out_box[0]
     p_out = tree_unflatten(out_tree, p_out)
     t_out = tree_unflatten(out_tree, [instantiate_zeros(t) for t in t_out])
     if has_aux:
-        return p_out, t_out, out_box[1]
+        return p_out, t_out, tree_unflatten(out_box[1], res[2])
     return p_out, t_out
 
 
@@ -267,12 +271,15 @@ def vjp(fun, *primals, has_aux=False):
         out = fun(*tree_unflatten(p_tree, leaves))
         if has_aux:
             out, aux = _split_aux("vjp", out)
-            out_box.append(aux)
         out_leaves, out_tree = tree_flatten(out)
-        out_box.insert(0, out_tree)
+        out_box.append(out_tree)
+        if has_aux:
+            aux_leaves, aux_tree = tree_flatten(aux)
+            out_box.append(aux_tree)
+            return out_leaves, aux_leaves
         return out_leaves
 
-    p_out, lin, _ = linearize_flat(flat_fun, p_leaves)
+    p_out, lin, _, *aux_out = linearize_flat(flat_fun, p_leaves, has_aux=has_aux)
     out_tree = out_box[0]
     out_avals = [tangent_aval(get_aval(p)) for p in p_out]
     in_avals = [get_aval(p) for p in p_leaves]
@@ -295,7 +302,7 @@ def vjp(fun, *primals, has_aux=False):
 
     out = tree_unflatten(out_tree, p_out)
     if has_aux:
-        return out, vjp_fn, out_box[1]
+        return out, vjp_fn, tree_unflatten(out_box[1], aux_out[0])
     return out, vjp_fn
 
 
@@ -484,30 +491,26 @@ def jacfwd(fun, argnums=0, has_aux=False, holomorphic=False, chunk_size=None):
             out = fun(*full, **kwargs)
             if has_aux:
                 out, aux = _split_aux("jacfwd", out)
-                box["aux"] = aux
             out_leaves, out_tree = tree_flatten(out)
             box["out_tree"] = out_tree
+            if has_aux:
+                aux_leaves, box["aux_tree"] = tree_flatten(aux)
+                return out_leaves, aux_leaves
             return out_leaves
 
         basis, n = _std_basis(d_leaves)
 
-        def push(*tangent_leaves):
-            return jvp_flat(f_flat, d_leaves, list(tangent_leaves))
-
         def push_out(*tangent_leaves):
-            p_out, t_out = push(*tangent_leaves)
-            box["p_out"] = p_out
-            return [instantiate_zeros(t) for t in t_out]
+            res = jvp_flat(f_flat, d_leaves, list(tangent_leaves), has_aux=has_aux)
+            return [instantiate_zeros(t) for t in res[1]], (res[2] if has_aux else [])
 
-        t_batched = vmap(push_out, chunk_size=chunk_size)(*basis)
+        # The aux leaves depend on the primals only: they leave vmap unbatched.
+        t_batched, aux_vals = vmap(push_out, chunk_size=chunk_size, out_axes=(0, None))(*basis)
         out_tree = box["out_tree"]
-        out_avals = [get_aval(p) for p in box["p_out"]] if "p_out" in box else None
-        if out_avals is None or any(isinstance(p, core.Tracer) and
-                                    isinstance(p, batching.BatchTracer) for p in box["p_out"]):
-            out_avals = [get_aval(t).update(shape=get_aval(t).shape[1:]) for t in t_batched]
+        out_avals = [get_aval(t).update(shape=get_aval(t).shape[1:]) for t in t_batched]
         blocks = _unravel_jac(t_batched, out_avals, [get_aval(x) for x in d_leaves], "in")
         jac = _nest(blocks, out_tree, d_tree, isinstance(argnums, int))
-        return (jac, box["aux"]) if has_aux else jac
+        return (jac, tree_unflatten(box["aux_tree"], aux_vals)) if has_aux else jac
 
     return jacfun
 
@@ -547,12 +550,14 @@ def jacrev(fun, argnums=0, has_aux=False, holomorphic=False, allow_int=False, ch
             out = fun(*full, **kwargs)
             if has_aux:
                 out, aux = _split_aux("jacrev", out)
-                box["aux"] = aux
             out_leaves, out_tree = tree_flatten(out)
             box["out_tree"] = out_tree
+            if has_aux:
+                aux_leaves, box["aux_tree"] = tree_flatten(aux)
+                return out_leaves, aux_leaves
             return out_leaves
 
-        p_out, lin, _ = linearize_flat(f_flat, d_leaves)
+        p_out, lin, _, *aux_out = linearize_flat(f_flat, d_leaves, has_aux=has_aux)
         out_avals = [get_aval(p) for p in p_out]
         for a in out_avals:
             if not dtypes.is_inexact(a.dtype):
@@ -570,7 +575,7 @@ def jacrev(fun, argnums=0, has_aux=False, holomorphic=False, allow_int=False, ch
         cts = vmap(pull, chunk_size=chunk_size)(*basis)
         blocks = _unravel_jac(cts, out_avals, [get_aval(x) for x in d_leaves], "out")
         jac = _nest(blocks, box["out_tree"], d_tree, isinstance(argnums, int))
-        return (jac, box["aux"]) if has_aux else jac
+        return (jac, tree_unflatten(box["aux_tree"], aux_out[0])) if has_aux else jac
 
     return jacfun
 

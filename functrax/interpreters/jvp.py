@@ -141,17 +141,30 @@ class JVPTrace(Trace):
         return "jvp"
 
 
-def jvp_flat(fun, primals, tangents):
+def jvp_flat(fun, primals, tangents, has_aux=False):
     """Forward mode on flat lists: returns (primals_out, tangents_out); tangents_out may
-    contain symbolic zeros."""
+    contain symbolic zeros. With ``has_aux``, ``fun`` returns (outs, aux_leaves) and the
+    result gains a third element: the aux leaves' primal values (no tracer of this
+    transformation escapes with them)."""
     with core.new_main(JVPTrace) as main:
         trace = JVPTrace(main)
         tracers = [JVPTracer(trace, p, t) for p, t in zip(primals, tangents)]
         outs = fun(*tracers)
+        if has_aux:
+            outs, aux = outs
+            aux = primal_leaves(trace, aux)
         outs = [trace.full_raise(o) for o in outs]
         primals_out = [o.primal for o in outs]
         tangents_out = [o.tangent for o in outs]
+    if has_aux:
+        return primals_out, tangents_out, aux
     return primals_out, tangents_out
+
+
+def primal_leaves(trace, leaves):
+    """The primal parts of ``leaves`` as seen from ``trace`` (a JVPTrace): tracers of it give
+    their primal, anything else (Python values, outer tracers) is returned unchanged."""
+    return [trace.full_raise(x).primal if isinstance(x, core.Tracer) else x for x in leaves]
 
 
 # --- helpers for the common rule shapes -------------------------------------------------------

@@ -18,12 +18,14 @@ from __future__ import annotations
 
 from .. import core, dtypes
 from ..core import JaxprBuilder, JaxprTrace, Tracer, partial_eval_rules  # noqa: F401
-from .jvp import JVPTrace, JVPTracer, Zero, instantiate_zeros, tangent_aval
+from .jvp import JVPTrace, JVPTracer, Zero, instantiate_zeros, primal_leaves, tangent_aval
 
 
-def linearize_flat(fun, primals):
+def linearize_flat(fun, primals, has_aux=False):
     """Returns (primals_out, linear closed jaxpr from input tangents to output tangents,
-    out_zeros) where ``out_zeros[i]`` says the i-th output tangent is identically zero."""
+    out_zeros) where ``out_zeros[i]`` says the i-th output tangent is identically zero.
+    With ``has_aux``, ``fun`` returns (outs, aux_leaves) and a fourth element holds the aux
+    leaves' primal values."""
     with core.new_main(JaxprTrace, JaxprBuilder(partial=True)) as rec_main:
         rec = JaxprTrace(rec_main)
         tangent_in = [rec.new_arg(tangent_aval(core.get_aval(p))) for p in primals]
@@ -34,12 +36,17 @@ def linearize_flat(fun, primals):
             tracers = [JVPTracer(trace, p, Zero(t.aval) if t.aval.dtype == dtypes.float0 else t)
                        for p, t in zip(primals, tangent_in)]
             outs = fun(*tracers)
+            if has_aux:
+                outs, aux = outs
+                aux = primal_leaves(trace, aux)
             outs = [trace.full_raise(o) for o in outs]
             primals_out = [o.primal for o in outs]
             tangents_out = [o.tangent for o in outs]
         out_zeros = [type(t) is Zero for t in tangents_out]
         tangents_out = [rec.full_raise(instantiate_zeros(t)) for t in tangents_out]
         jaxpr, consts = rec_main.payload.build(tangent_in, tangents_out)
+    if has_aux:
+        return primals_out, core.ClosedJaxpr(jaxpr, consts), out_zeros, aux
     return primals_out, core.ClosedJaxpr(jaxpr, consts), out_zeros
 
 
