@@ -47,8 +47,18 @@ def _selected(config):
     return names
 
 
+def _parametrized_by_hand(metafunc, name):
+    for mark in metafunc.definition.iter_markers("parametrize"):
+        names = mark.args[0]
+        names = [n.strip() for n in names.split(",")] if isinstance(names, str) else names
+        if name in names:
+            return True
+    return False
+
+
 def pytest_generate_tests(metafunc):
-    if "backend" in metafunc.fixturenames:
+    # A test that lists its own back ends (test_backends.py's corpus) keeps them.
+    if "backend" in metafunc.fixturenames and not _parametrized_by_hand(metafunc, "backend"):
         metafunc.parametrize("backend", _selected(metafunc.config), indirect=True,
                              scope="session")
 
