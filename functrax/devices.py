@@ -188,6 +188,11 @@ class SimulatedGpuArray(Array):
         res = func(*_unwrap(args), **_unwrap(kwargs))
         return _rewrap(res)
 
+    def __getitem__(self, index):
+        # An element of a CuPy array is a 0-d device array, not a host scalar.
+        res = super().__getitem__(index)
+        return _to_sim(res) if isinstance(res, np.generic) else res
+
     @property
     def device(self):
         return _discover()[0]
@@ -242,6 +247,30 @@ class _SimNumpy:
                 return _to_sim(np.lib.stride_tricks.as_strided(np.asarray(x), *args, **kwargs))
 
     del _on_device
+
+    @staticmethod
+    def scipy(name):
+        """The simulated GPU's ``cupyx.scipy.<name>``: scipy's module, its functions returning
+        simulated device arrays (scipy itself converts its operands to host arrays)."""
+        import importlib
+        return _SimModule(importlib.import_module(f"scipy.{name}"))
+
+
+class _SimModule:
+    """A module of host functions whose results are put on the simulated GPU."""
+
+    def __init__(self, mod):
+        self._mod = mod
+
+    def __getattr__(self, name):
+        fn = getattr(self._mod, name)
+        if not callable(fn):
+            return fn
+
+        def wrapped(*args, **kwargs):
+            return _rewrap(fn(*_unwrap(args), **_unwrap(kwargs)))
+        wrapped.__name__ = name
+        return wrapped
 
 
 sim_numpy = _SimNumpy()

@@ -36,6 +36,7 @@ import numpy as np
 
 from . import config as _cfg
 from . import core, dtypes, lowering
+from ._lru import LRUCache
 from .devices import infer_backend
 from .array import Array
 from .core import ClosedJaxpr, Jaxpr, Primitive, ShapedArray, Tracer
@@ -93,10 +94,11 @@ def _derived(cache, key, source, make):
     return out
 
 
-_jvp_cache: dict = {}
-_pe_cache: dict = {}
-_transpose_cache: dict = {}
-_batch_cache: dict = {}
+# Bounded: each entry keeps its source jaxpr alive (its id is the key).
+_jvp_cache = LRUCache(lambda: _cfg.jit_cache_size)
+_pe_cache = LRUCache(lambda: _cfg.jit_cache_size)
+_transpose_cache = LRUCache(lambda: _cfg.jit_cache_size)
+_batch_cache = LRUCache(lambda: _cfg.jit_cache_size)
 
 
 def _nonzero_tangent(t):

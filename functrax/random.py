@@ -238,8 +238,9 @@ def uniform(key, shape=(), dtype=np.float64, minval=0.0, maxval=1.0):
     udt = raw.dtype
     mant = lax.div(raw, np.array(1 << (nbits - nmant), dtype=udt))
     floats = lax.mul(lax.convert_element_type(mant, dtype), np.array(2.0 ** -nmant, dtype))
-    lo = lax.broadcast_to(minval, shape)
-    hi = lax.broadcast_to(maxval, shape)
+    # minval/maxval broadcast inside the arithmetic (checked above): broadcasting them first
+    # would make host arrays of the full shape, which may not meet a GPU key's samples.
+    lo, hi = minval, maxval
     out = lax.add(lax.mul(floats, lax.sub(hi, lo)), lo)
     # Rounding of the affine map can land just below minval; clamp as JAX does.
     return lax.max(lo, out)

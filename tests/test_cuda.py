@@ -175,6 +175,34 @@ SIM_DRIVER = textwrap.dedent(r'''
     except Exception:
         results["training_loop_on_device"] = {"ok": False, "error": traceback.format_exc()}
 
+    # donate_argnums: the output is written into the donated input's device buffer; without
+    # donation the input is left as it was.
+    try:
+        def donor(a, b):
+            return a * 2.0 + b, fnp.sum(a * b, axis=1)
+        xa, xb = np.arange(12.0).reshape(3, 4), np.linspace(0.0, 1.0, 12).reshape(3, 4)
+        want = donor(xa, xb)
+        da, db = devices.device_put((xa, xb))
+        got = ft.jit(donor, backend="cuda", donate_argnums=0)(da, db)
+        reused = bool(np.shares_memory(np.asarray(got[0]), np.asarray(da)))
+        correct = all(np.allclose(np.asarray(g), w) for g, w in zip(got, want))
+        ka, kb = devices.device_put((xa, xb))
+        kept = ft.jit(donor, backend="cuda")(ka, kb)
+        untouched = not np.shares_memory(np.asarray(kept[0]), np.asarray(ka)) and \
+            np.array_equal(np.asarray(ka), xa)
+        # A dtype change (float32 in, float64 out) cannot reuse the buffer.
+        fa = devices.device_put(xa.astype(np.float32))
+        other = ft.jit(lambda a: a.astype(np.float64) * 2.0, backend="cuda",
+                       donate_argnums=0)(fa)
+        no_reuse = not np.shares_memory(np.asarray(other), np.asarray(fa)) and \
+            np.allclose(np.asarray(other), xa * 2.0)
+        results["donated_buffers_reused"] = {
+            "ok": reused and correct and untouched and no_reuse, "reused": reused,
+            "correct": correct, "untouched": untouched, "no_reuse": no_reuse,
+            "on_device": isinstance(got[0], devices.SimulatedGpuArray)}
+    except Exception:
+        results["donated_buffers_reused"] = {"ok": False, "error": traceback.format_exc()}
+
     kernels = [{"source": k.source, "style": k.style, "arg_types": [list(a) for a in k.arg_types],
                 "summary": k.summary} for k in cuda.generated_kernels]
     with open(sys.argv[1], "w") as f:
@@ -186,7 +214,7 @@ SIM_CASES = ["chain_broadcast", "chain_edge_values", "int_and_bool", "select_com
              "reduction_blocks_with_output", "reduction_nan", "int_reduction", "dot",
              "batched_dot", "mlp_loss", "mlp_grad", "mlp_sgd_step", "per_example_grads",
              "vmap_chain", "grad_of_grad", "scan", "grad_scan", "while_loop", "cond",
-             "training_loop_on_device"]
+             "training_loop_on_device", "donated_buffers_reused"]
 
 
 def run_simulated(tmp_path, source, timeout=600):
@@ -408,3 +436,215 @@ def test_gpu_scan_and_timing():
                  np.exp(-cupy.asnumpy(x).astype(np.float64) ** 2) +
                  np.tanh(cupy.asnumpy(x).astype(np.float64)))
     assert abs(float(out) - ref) <= 1e-3 * abs(ref) + 1e-2
+
+
+# ---------------------------------------------------------------------------------------------
+# Convolution through cuDNN: the plan (which cuDNN call, and its parameters) is pure shape
+# arithmetic, checked here without a GPU by running it against a numpy stand-in for CuPy's
+# cudnn module whose three functions are defined by the reference convolution itself.
+
+
+class _NumpyCudnn:
+    """cuDNN's contract in numpy: symmetric ``pad``, NC+spatial layouts, ``groups``; the
+    backward functions are the adjoints of the forward one (via functrax's vjp), and every
+    call checks the shapes cuDNN would (the output size implied by the input size)."""
+
+    def __init__(self):
+        self.calls = []
+
+    @staticmethod
+    def _fwd(x, w, pad, stride, dilation, groups):
+        return lax.conv_general_dilated(x, w, stride, [(p, p) for p in pad],
+                                        rhs_dilation=dilation, feature_group_count=groups)
+
+    def convolution_forward(self, x, W, b, y, pad, stride, dilation, groups, *, auto_tune,
+                            tensor_core):
+        self.calls.append("forward")
+        out = np.asarray(self._fwd(x, W, pad, stride, dilation, groups))
+        assert out.shape == y.shape, (out.shape, y.shape)
+        y[...] = out
+
+    def convolution_backward_data(self, W, x, b, y, pad, stride, dilation, groups, *,
+                                  deterministic, auto_tune, tensor_core):
+        self.calls.append("backward_data")
+        f = lambda gx: self._fwd(gx, W, pad, stride, dilation, groups)  # noqa: E731
+        out, vjp = ft.vjp(f, np.zeros(y.shape, y.dtype))
+        assert out.shape == x.shape, (out.shape, x.shape)
+        y[...] = np.asarray(vjp(x)[0])
+
+    def convolution_backward_filter(self, x, gy, gW, pad, stride, dilation, groups, *,
+                                    deterministic, auto_tune, tensor_core):
+        self.calls.append("backward_filter")
+        f = lambda w: self._fwd(x, w, pad, stride, dilation, groups)  # noqa: E731
+        out, vjp = ft.vjp(f, np.zeros(gW.shape, gW.dtype))
+        assert out.shape == gy.shape, (out.shape, gy.shape)
+        gW[...] = np.asarray(vjp(gy)[0])
+
+
+def _conv_eqns(f, *args):
+    """(lhs, rhs, params) of every conv_general_dilated in f's jaxpr (with its gradient's)."""
+    found = []
+
+    def walk(jaxpr):
+        for e in jaxpr.eqns:
+            if e.primitive.name == "conv_general_dilated":
+                found.append((e.invars[0].aval, e.invars[1].aval, e.params))
+            for sub in ft.core.subjaxprs_of_eqn(e):
+                walk(sub.jaxpr if hasattr(sub, "jaxpr") else sub)
+    walk(ft.make_jaxpr(f)(*args).jaxpr)
+    return found
+
+
+_CONV_CASES = {
+    # name: (lhs shape, rhs shape, kwargs of conv_general_dilated)
+    "nchw_same": ((2, 3, 7, 6), (4, 3, 3, 3), dict(window_strides=(1, 1), padding="SAME")),
+    "nchw_strided_even_kernel": ((2, 3, 9, 8), (4, 3, 2, 4),
+                                 dict(window_strides=(2, 3), padding="SAME")),
+    "nhwc_hwio_dilated": ((2, 8, 7, 3), (3, 2, 3, 5),
+                          dict(window_strides=(1, 2), padding=((2, 1), (0, 3)),
+                               rhs_dilation=(2, 1), dimension_numbers=("NHWC", "HWIO", "NHWC"))),
+    "negative_padding": ((1, 2, 9, 9), (3, 2, 3, 3),
+                         dict(window_strides=(2, 2), padding=((-1, 2), (1, -2)))),
+    "grouped": ((2, 4, 6, 6), (6, 2, 3, 3),
+                dict(window_strides=(2, 1), padding="SAME", feature_group_count=2)),
+    "depthwise_nhwc": ((1, 6, 6, 4), (3, 3, 1, 4),
+                       dict(window_strides=(2, 2), padding="VALID", feature_group_count=4,
+                            dimension_numbers=("NHWC", "HWIO", "NHWC"))),
+    "conv1d": ((2, 3, 14), (5, 3, 4), dict(window_strides=(3,), padding="SAME")),
+    "strided_dilated_valid": ((1, 2, 13, 9), (3, 2, 3, 2),
+                              dict(window_strides=(3, 2), padding="VALID",
+                                   rhs_dilation=(2, 3))),
+    "conv3d": ((1, 2, 5, 4, 6), (3, 2, 2, 3, 3),
+               dict(window_strides=(2, 1, 2), padding="SAME")),
+}
+
+
+def _conv_case_eqns(name):
+    lshape, rshape, kw = _CONV_CASES[name]
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=lshape)
+    w = rng.normal(size=rshape)
+
+    def loss(x, w):
+        return fnp.sum(lax.conv_general_dilated(x, w, **kw) ** 2)
+    return _conv_eqns(ft.grad(loss, argnums=(0, 1)), x, w)
+
+
+@pytest.mark.parametrize("name", sorted(_CONV_CASES))
+def test_cudnn_plan_matches_reference_convolution(name):
+    from functrax.lax.conv import conv_general_dilated_p
+    eqns = _conv_case_eqns(name)
+    # forward, the input gradient and the kernel gradient
+    assert len(eqns) == 3
+    rng = np.random.default_rng(1)
+    ops = []
+    for la, ra, params in eqns:
+        plan = fcuda.cudnn_conv_plan(la.shape, ra.shape, la.dtype, ra.dtype, params)
+        assert plan is not None, (name, params)
+        a, b = rng.normal(size=la.shape), rng.normal(size=ra.shape)
+        fake = _NumpyCudnn()
+        got = fcuda.run_cudnn_conv(plan, a, b, np, fake)
+        want = np.asarray(conv_general_dilated_p.bind(a, b, **params))
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10, err_msg=repr(plan))
+        ops.append(fake.calls[0])
+    assert ops[0] == "forward"
+    # The gradient's transposed convolutions go to cuDNN's backward functions (the input
+    # gradient of a stride-1 convolution is an ordinary convolution: forward).
+    strided = any(s > 1 for s in _CONV_CASES[name][2]["window_strides"])
+    assert sorted(ops[1:]) == sorted(["backward_data" if strided else "forward",
+                                      "backward_filter"]), ops
+
+
+def test_cudnn_plan_parameters():
+    # NHWC/HWIO 3x3 stride 2 'SAME' on 8x8: pads (0, 1) are asymmetric, so cuDNN gets pad 0
+    # and the input one explicit row/column of zeros at the high end; layouts become NCHW.
+    (la, ra, params), = _conv_eqns(
+        lambda x, w: lax.conv_general_dilated(x, w, (2, 2), "SAME",
+                                              dimension_numbers=("NHWC", "HWIO", "NHWC")),
+        np.ones((1, 8, 8, 3)), np.ones((3, 3, 3, 5)))
+    plan = fcuda.cudnn_conv_plan(la.shape, ra.shape, la.dtype, ra.dtype, params)
+    assert plan.op == "forward"
+    assert plan.perms == ((0, 3, 1, 2), (3, 2, 0, 1))
+    assert plan.out_perm == (0, 2, 3, 1)
+    assert (plan.pad, plan.stride, plan.dilation, plan.groups) == ((0, 0), (2, 2), (1, 1), 1)
+    assert plan.in_adjust == ((0, 1), (0, 1))
+    assert plan.y_shape == (1, 5, 4, 4)
+    # Symmetric padding needs no copy.
+    (la, ra, params), = _conv_eqns(
+        lambda x, w: lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (2, 2)),
+                                              rhs_dilation=(1, 2)),
+        np.ones((2, 3, 6, 6)), np.ones((4, 3, 3, 3)))
+    plan = fcuda.cudnn_conv_plan(la.shape, ra.shape, la.dtype, ra.dtype, params)
+    assert plan.pad == (1, 2) and plan.in_adjust == ((0, 0), (0, 0))
+    assert plan.dilation == (1, 2)
+
+
+def test_cudnn_plan_declines_what_cudnn_cannot_do():
+    def plan_of(f, *args):
+        (la, ra, params), = _conv_eqns(f, *args)
+        return fcuda.cudnn_conv_plan(la.shape, ra.shape, la.dtype, ra.dtype, params)
+    ints = (np.ones((1, 1, 5, 5), np.int32), np.ones((1, 1, 3, 3), np.int32))
+    assert plan_of(lambda x, w: lax.conv_general_dilated(x, w, (1, 1), "SAME"), *ints) is None
+    # An input dilation with a stride (no transpose rule emits this) is not a cuDNN call.
+    x, w = np.ones((1, 1, 5, 5)), np.ones((1, 1, 3, 3))
+    assert plan_of(lambda x, w: lax.conv_general_dilated(
+        x, w, (2, 2), "VALID", lhs_dilation=(2, 2)), x, w) is None
+    # Four spatial dims.
+    assert plan_of(lambda x, w: lax.conv_general_dilated(x, w, (1,) * 4, "VALID"),
+                   np.ones((1, 1, 3, 3, 3, 3)), np.ones((1, 1, 2, 2, 2, 2))) is None
+
+
+def test_conv_lowering_uses_the_impl_without_cudnn():
+    # Without CuPy (this machine) or in the simulator, the rule falls back to the impl.
+    (eqn,) = [e for e in ft.make_jaxpr(lambda x, w: lax.conv_general_dilated(
+        x, w, (1, 1), "SAME"))(np.ones((1, 1, 4, 4)), np.ones((2, 1, 3, 3))).jaxpr.eqns
+        if e.primitive.name == "conv_general_dilated"]
+
+    class Sim:
+        sim, xp = True, np
+    fn = fcuda.lowering_rules["conv_general_dilated"](eqn, None, Sim())
+    x, w = np.ones((1, 1, 4, 4)), np.ones((2, 1, 3, 3))
+    np.testing.assert_allclose(fn(x, w), lax.conv_general_dilated(x, w, (1, 1), "SAME"))
+
+
+@needs_gpu[0]
+@needs_gpu[1]
+@pytest.mark.parametrize("name", sorted(_CONV_CASES))
+def test_gpu_cudnn_convolutions_match_numpy(name):
+    import cupy
+    from functrax.lax.conv import conv_general_dilated_p
+    cudnn = fcuda.cudnn_module()
+    if cudnn is None:
+        pytest.skip("CuPy has no cuDNN here")
+    rng = np.random.default_rng(2)
+    for la, ra, params in _conv_case_eqns(name):
+        plan = fcuda.cudnn_conv_plan(la.shape, ra.shape, la.dtype, ra.dtype, params)
+        a, b = rng.normal(size=la.shape), rng.normal(size=ra.shape)
+        got = fcuda.run_cudnn_conv(plan, cupy.asarray(a), cupy.asarray(b), cupy, cudnn)
+        want = np.asarray(conv_general_dilated_p.bind(a, b, **params))
+        np.testing.assert_allclose(cupy.asnumpy(got), want, rtol=1e-9, atol=1e-9)
+
+
+# ---------------------------------------------------------------------------------------------
+# The kernel cache keeps one entry per GPU architecture
+
+
+def test_kernel_cache_is_keyed_by_gpu_architecture(tmp_path, monkeypatch):
+    from functrax.lowering import cache
+    monkeypatch.setenv("FUNCTRAX_CACHE_DIR", str(tmp_path))
+    assert fcuda.arch_name("90") == "sm_90" and fcuda.arch_name(80) == "sm_80"
+    assert fcuda.arch_name("120") == "sm_120"
+    closed = ft.make_jaxpr(lambda a: fnp.tanh(a) * 3.0 + 1.0)(np.ones(8, np.float32))
+    k80 = fcuda.generate(closed, fcuda.Target(arch="sm_80")).kernels[0]
+    k90 = fcuda.generate(closed, fcuda.Target(arch="sm_90")).kernels[0]
+    assert "target sm_80" in k80.source and "target sm_90" in k90.source
+    assert cache.source_key(k80.source) != cache.source_key(k90.source)
+    cache.load_module(k80.source)
+    cache.load_module(k90.source)
+    files = sorted(p.name for p in (tmp_path / "kernels").glob("k_*.py"))
+    assert files == sorted(f"k_{cache.source_key(k.source)}.py" for k in (k80, k90))
+    # The same architecture again finds its file: no new entry.
+    again = fcuda.generate(closed, fcuda.Target(arch="sm_80")).kernels[0]
+    assert cache.load_module(again.source)[1:] == (True, True)
+    assert len(list((tmp_path / "kernels").glob("k_*.py"))) == 2

@@ -368,3 +368,29 @@ def test_stats_account_time():
     s = jf.stats
     assert s.trace_seconds > 0 and s.lowerings == 1 and s.lower_seconds >= 0
     assert "traces=1" in repr(s) and s.as_dict()["cache_misses"] == 1
+
+
+def test_global_caches_are_bounded_lru():
+    from functrax import config, lowering
+    from functrax._lru import LRUCache
+    c = LRUCache(lambda: 2)
+    c["a"], c["b"] = 1, 2
+    assert c.get("a") == 1          # refreshes "a"
+    c["c"] = 3                       # evicts "b", the least recently used
+    assert sorted(c.keys()) == ["a", "c"] and c.evictions == 1
+    old = config.jit_cache_size
+    try:
+        config.update("jit_cache_size", 3)
+        for k in range(6):
+            ft.jit(lambda x, k=k: x + k)(np.ones(2))
+        assert len(lowering._executables) <= 3
+        # an evicted program is lowered again on its next use, with the same result
+        f = ft.jit(lambda x: x * 2.0)
+        np.testing.assert_allclose(f(np.ones(2)), 2.0)
+        for k in range(4):
+            ft.jit(lambda x, k=k: x - k)(np.ones(2))
+        np.testing.assert_allclose(f(np.ones(2)), 2.0)
+        with pytest.raises(ValueError, match="positive int"):
+            config.update("jit_cache_size", 0)
+    finally:
+        config.update("jit_cache_size", old)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import core, dtypes
+from ..array import Array
 from ..core import ShapedArray
 
 
@@ -74,6 +75,60 @@ def array_namespace(*xs):
             from ..devices import sim_numpy
             return sim_numpy
     return np
+
+
+def is_cupy(xp) -> bool:
+    """Whether the array namespace ``xp`` is CuPy (a real GPU)."""
+    return getattr(xp, "__name__", None) == "cupy"
+
+
+def scipy_namespace(xp, name):
+    """``scipy.<name>`` ('special', 'linalg') for the arrays of namespace ``xp``: scipy's for
+    numpy, ``cupyx.scipy.<name>`` for CuPy (the work stays on the GPU), and for the simulated
+    GPU scipy's with results handed back as simulated device arrays."""
+    import importlib
+    if xp is np:
+        return importlib.import_module(f"scipy.{name}")
+    if is_cupy(xp):
+        return importlib.import_module(f"cupyx.scipy.{name}")
+    return xp.scipy(name)
+
+
+def linalg_errors_raise(xp):
+    """A context in which a failed factorization raises ``numpy.linalg.LinAlgError``: numpy
+    always raises; CuPy only checks the solver's status under ``cupyx.errstate(linalg=
+    'raise')`` (which waits for the GPU), else it returns garbage silently."""
+    if is_cupy(xp):
+        import cupyx
+        return cupyx.errstate(linalg="raise")
+    import contextlib
+    return contextlib.nullcontext()
+
+
+def ufunc_at(xp, name, out, index, values):
+    """``getattr(numpy, name).at(out, index, values)`` (repeated indices accumulate) in the
+    namespace of ``out``. CuPy spells add/max/min as ``cupyx.scatter_*``; it has no scatter
+    product, so that one moves to the host and back, explicitly (one round trip)."""
+    if xp is not np:
+        # Host index arrays (x.at[np.array(...)] on a GPU array) move to the device
+        # explicitly: they are small, and the device's scatter cannot read host memory.
+        def dev(i):
+            return xp.asarray(i) if type(i) in (np.ndarray, Array) else i
+        index = tuple(dev(i) for i in index) if isinstance(index, tuple) else dev(index)
+    if not is_cupy(xp):
+        getattr(np, name).at(out, index, values)  # numpy, or the simulated GPU's arrays
+        return
+    import cupyx
+    fn = {"add": cupyx.scatter_add, "maximum": cupyx.scatter_max,
+          "minimum": cupyx.scatter_min}.get(name)
+    if fn is not None:
+        fn(out, index, values)
+        return
+    host = xp.asnumpy(out)
+    host_index = tuple(xp.asnumpy(i) if hasattr(i, "get") else i for i in index) \
+        if isinstance(index, tuple) else (xp.asnumpy(index) if hasattr(index, "get") else index)
+    getattr(np, name).at(host, host_index, xp.asnumpy(values))
+    out[...] = xp.asarray(host)
 
 
 def aval_of(x) -> ShapedArray:

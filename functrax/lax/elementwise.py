@@ -889,9 +889,10 @@ ad.deflinear(conj_p, lambda ct, x: [
 def _complex_impl(x, y):
     if _kind(x) != "f" and _kind(y) != "f" or "c" in (_kind(x), _kind(y)):
         raise _EagerDtypeError("complex")
-    dtype = _complex_dtype(np.result_type(x, y))  # before np.asarray: Python floats are weak
-    x, y = np.asarray(x), np.asarray(y)
-    out = np.empty(np.broadcast_shapes(x.shape, y.shape), dtype)
+    dtype = _complex_dtype(_result_dtype(x, y))  # before asarray: Python floats are weak
+    xp = array_namespace(x, y)  # CuPy for GPU arrays: the result stays there
+    x, y = xp.asarray(x), xp.asarray(y)
+    out = xp.empty(np.broadcast_shapes(x.shape, y.shape), dtype)
     out.real = x
     out.imag = y
     return out
@@ -1034,20 +1035,27 @@ defjvp_zero(shift_left_p)
 def _as_signedness(x, dtype, kind):
     """x reinterpreted (same bits) in the integer type of ``dtype``'s width and ``kind``."""
     target = np.dtype(f"{kind}{np.dtype(dtype).itemsize}")
-    return np.asarray(x).astype(target, casting="unsafe")
+    return array_namespace(x).asarray(x).astype(target, casting="unsafe")
+
+
+def _result_dtype(*xs):
+    """numpy's result dtype of impl operands, computed from their dtypes (numpy's result_type
+    cannot read a CuPy array) with Python scalars left as they are (weak)."""
+    return np.result_type(*[x if type(x) in _PY_KIND else x.dtype for x in xs])
 
 
 def _shift_right_impl(name, kind):
     def impl(x, y):
         _int_kinds(name, x, y)
-        dtype = np.result_type(x, y)
+        dtype = _result_dtype(x, y)
         if dtype.kind == kind:
             return np.right_shift(x, y)
         # Reinterpret the bits in the other signedness: numpy shifts signed integers
         # arithmetically and unsigned ones logically; shifting by the width or more gives 0
         # (logical) or the sign fill (arithmetic).
-        xs = _as_signedness(np.asarray(x, dtype), dtype, kind)
-        ys = _as_signedness(np.asarray(y, dtype), dtype, kind)
+        xp = array_namespace(x, y)
+        xs = _as_signedness(xp.asarray(x, dtype), dtype, kind)
+        ys = _as_signedness(xp.asarray(y, dtype), dtype, kind)
         return np.right_shift(xs, ys).astype(dtype, casting="unsafe")
     impl.__name__ = name
     return impl
@@ -1079,13 +1087,18 @@ defjvp_zero(shift_right_arithmetic_p)
 
 def _population_count_impl(x):
     _int_kinds("population_count", x)
-    x = np.asarray(x)
+    xp = array_namespace(x)
+    x = xp.asarray(x)
     # Count the bits of the unsigned view: numpy's bitwise_count counts those of |x|.
     u = _as_signedness(x, x.dtype, "u")
-    if hasattr(np, "bitwise_count"):
-        return np.bitwise_count(u).astype(x.dtype)
-    as_bytes = u.reshape(u.shape + (1,)).view(np.uint8)  # numpy < 2.0
-    return np.unpackbits(as_bytes, axis=-1).sum(axis=-1).astype(x.dtype)
+    if hasattr(xp, "bitwise_count"):
+        return xp.bitwise_count(u).astype(x.dtype)
+    # numpy < 2.0 and CuPy without bitwise_count: add up the bits one shift at a time.
+    one = u.dtype.type(1)
+    total = xp.zeros(u.shape, x.dtype)
+    for k in range(u.dtype.itemsize * 8):
+        total += ((u >> u.dtype.type(k)) & one).astype(x.dtype)
+    return total
 
 
 population_count_p = unop("population_count", _population_count_impl, _require_int,

@@ -42,7 +42,7 @@ from ..interpreters import batching
 from ..interpreters import jvp as ad
 from ..interpreters.jvp import Zero
 from ..interpreters.transpose import is_undefined_primal, transpose_rules
-from ._util import array_namespace
+from ._util import array_namespace, ufunc_at
 from . import elementwise as ew
 from .structural import convert_element_type, full, iota, reshape
 
@@ -398,7 +398,7 @@ def _scatter_impl(kind):
         if kind == "set":
             out[idx] = upd
         else:
-            getattr(xp, kind).at(out, idx, upd)
+            ufunc_at(xp, kind, out, idx, upd)  # cupyx.scatter_* on a GPU
         return out.reshape(()) if scalar else out
     return impl
 

@@ -27,6 +27,7 @@ from ..interpreters import jvp as ad
 from ..interpreters.jvp import Zero
 from ..interpreters.transpose import is_undefined_primal, transpose_rules
 from . import elementwise as ew
+from ._util import array_namespace, linalg_errors_raise, scipy_namespace
 from .reductions import reduce_sum
 from .structural import broadcast_in_dim, broadcasted_iota, convert_element_type, transpose
 
@@ -143,12 +144,14 @@ def _front_batcher(prim):
 # cholesky
 
 def _cholesky_impl(x):
-    x = np.asarray(x)
+    xp = array_namespace(x)  # impls run in the array's namespace: CuPy keeps it on the GPU
+    x = xp.asarray(x)
     try:
-        return np.linalg.cholesky(x)
+        with linalg_errors_raise(xp):
+            return xp.linalg.cholesky(x)
     except np.linalg.LinAlgError:
         # JAX returns NaNs for matrices that are not positive definite instead of raising.
-        return np.full(x.shape, np.nan, x.dtype)
+        return xp.full(x.shape, np.nan, x.dtype)
 
 
 def _cholesky_abstract_eval(x):
@@ -189,26 +192,27 @@ _front_batcher(cholesky_p)
 # triangular_solve: op(a) x = b (left_side) or x op(a) = b
 
 def _triangular_solve_impl(a, b, *, left_side, lower, transpose_a, unit_diagonal):
-    import scipy.linalg
-    a, b = np.asarray(a), np.asarray(b)
-    dtype = np.result_type(a, b)
+    xp = array_namespace(a, b)
+    a, b = xp.asarray(a), xp.asarray(b)
+    dtype = np.result_type(a.dtype, b.dtype)
+    sla = scipy_namespace(xp, "linalg")  # cupyx.scipy.linalg on a GPU
 
     def solve2d(a2, b2):
         if left_side:
-            return scipy.linalg.solve_triangular(a2, b2, trans=1 if transpose_a else 0,
-                                                 lower=lower, unit_diagonal=unit_diagonal,
-                                                 check_finite=False)
+            return sla.solve_triangular(a2, b2, trans=1 if transpose_a else 0,
+                                        lower=lower, unit_diagonal=unit_diagonal,
+                                        check_finite=False)
         # x op(a) = b  <=>  op(a)^T x^T = b^T
-        return scipy.linalg.solve_triangular(a2, b2.T, trans=0 if transpose_a else 1,
-                                             lower=lower, unit_diagonal=unit_diagonal,
-                                             check_finite=False).T
+        return sla.solve_triangular(a2, b2.T, trans=0 if transpose_a else 1,
+                                    lower=lower, unit_diagonal=unit_diagonal,
+                                    check_finite=False).T
     lead = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
-    a = np.broadcast_to(a, lead + a.shape[-2:])
-    b = np.broadcast_to(b, lead + b.shape[-2:])
+    a = xp.broadcast_to(a, lead + a.shape[-2:])
+    b = xp.broadcast_to(b, lead + b.shape[-2:])
     if not lead:
         return solve2d(a, b).astype(dtype, copy=False)
     fa, fb = a.reshape((-1,) + a.shape[-2:]), b.reshape((-1,) + b.shape[-2:])
-    out = np.stack([solve2d(fa[i], fb[i]) for i in range(fa.shape[0])])
+    out = xp.stack([solve2d(fa[i], fb[i]) for i in range(fa.shape[0])])
     return out.reshape(lead + out.shape[1:]).astype(dtype, copy=False)
 
 
@@ -280,7 +284,8 @@ _front_batcher(triangular_solve_p)
 # eigh: symmetric eigendecomposition, returns (eigenvectors v, eigenvalues w) as JAX's lax
 
 def _eigh_impl(x, *, lower):
-    w, v = np.linalg.eigh(np.asarray(x), UPLO="L" if lower else "U")
+    xp = array_namespace(x)
+    w, v = xp.linalg.eigh(xp.asarray(x), UPLO="L" if lower else "U")
     return [v, w]
 
 
@@ -329,10 +334,11 @@ _front_batcher(eigh_p)
 # svd (reduced): returns (u, s, vt)
 
 def _svd_impl(x, *, full_matrices, compute_uv):
-    x = np.asarray(x)
+    xp = array_namespace(x)
+    x = xp.asarray(x)
     if not compute_uv:
-        return [np.linalg.svd(x, compute_uv=False)]
-    u, s, vt = np.linalg.svd(x, full_matrices=full_matrices)
+        return [xp.linalg.svd(x, compute_uv=False)]
+    u, s, vt = xp.linalg.svd(x, full_matrices=full_matrices)
     return [u, s, vt]
 
 
@@ -404,7 +410,8 @@ _front_batcher(svd_p)
 # qr
 
 def _qr_impl(x, *, full_matrices):
-    q, r = np.linalg.qr(np.asarray(x), mode="complete" if full_matrices else "reduced")
+    xp = array_namespace(x)
+    q, r = xp.linalg.qr(xp.asarray(x), mode="complete" if full_matrices else "reduced")
     return [q, r]
 
 
@@ -457,7 +464,7 @@ _front_batcher(qr_p)
 # inv, solve, slogdet
 
 inv_p = Primitive("inv")
-inv_p.def_impl(lambda x: np.linalg.inv(np.asarray(x)))
+inv_p.def_impl(lambda x: array_namespace(x).linalg.inv(array_namespace(x).asarray(x)))
 
 
 def _inv_abstract_eval(x):
@@ -486,7 +493,8 @@ _front_batcher(inv_p)
 
 
 def _solve_impl(a, b):
-    return np.linalg.solve(np.asarray(a), np.asarray(b))
+    xp = array_namespace(a, b)
+    return xp.linalg.solve(xp.asarray(a), xp.asarray(b))
 
 
 def _solve_abstract_eval(a, b):
@@ -536,8 +544,9 @@ _front_batcher(solve_p)
 
 
 def _slogdet_impl(x):
-    sign, logabs = np.linalg.slogdet(np.asarray(x))
-    return [np.asarray(sign), np.asarray(logabs)]
+    xp = array_namespace(x)
+    sign, logabs = xp.linalg.slogdet(xp.asarray(x))
+    return [xp.asarray(sign), xp.asarray(logabs)]
 
 
 def _slogdet_abstract_eval(x):

@@ -28,7 +28,7 @@ from ..interpreters import batching
 from ..interpreters import jvp as ad
 from ..interpreters.jvp import Zero
 from ..interpreters.transpose import is_undefined_primal, transpose_rules
-from ._util import array_namespace
+from ._util import array_namespace, ufunc_at
 
 __all__ = ["sort", "sort_key_val", "top_k", "sort_p", "top_k_p", "take_along_axis_p",
            "scatter_add_along_axis_p"]
@@ -132,11 +132,7 @@ def _scatter_add_along_axis_impl(idx, updates, *, axis, size):
                    updates.dtype)
     else:
         out = xp.zeros(total, updates.dtype)
-        if xp is np:
-            np.add.at(out, flat, vals)
-        else:
-            import cupyx
-            cupyx.scatter_add(out, flat, vals)
+        ufunc_at(xp, "add", out, flat, vals)  # cupyx.scatter_add on a GPU
     return out.reshape(out_shape)
 
 

@@ -20,7 +20,7 @@ from .. import dtypes
 from ..core import Primitive
 from ..interpreters import batching
 from ..interpreters.jvp import defjvp, defjvp2
-from ._util import standard_elementwise_abstract_eval
+from ._util import array_namespace, scipy_namespace, standard_elementwise_abstract_eval
 from .elementwise import exp, mul, neg
 
 __all__ = ["erf", "erfc", "erf_inv", "lgamma", "digamma", "polygamma",
@@ -33,19 +33,20 @@ def _require_float(dtype):
     return dtypes.is_float(dtype)
 
 
-def _scipy(fn_name):
-    # scipy.special costs ~0.3 s to import: load it on first use, not with functrax.
-    import scipy.special
-    return getattr(scipy.special, fn_name)
+def _scipy(fn_name, xp=np):
+    # scipy.special costs ~0.3 s to import: load it on first use, not with functrax. Arrays
+    # on a GPU use cupyx.scipy.special (same names), so they stay there.
+    return getattr(scipy_namespace(xp, "special"), fn_name)
 
 
 def _scipy_impl(fn, name):
     def impl(x):
-        x = np.asarray(x)
+        xp = array_namespace(x)
+        x = xp.asarray(x)
         if x.dtype.kind != "f":
             # Refused eagerly as in the abstract eval (scipy would compute in float64).
             raise TypeError(f"{name}: {_MSG} (got {x.dtype.name})")
-        return np.asarray(_scipy(fn)(x)).astype(x.dtype, copy=False)
+        return xp.asarray(_scipy(fn, xp)(x)).astype(x.dtype, copy=False)
     impl.__name__ = name
     return impl
 
@@ -119,10 +120,11 @@ defjvp(digamma_p, lambda g, x: mul(g, polygamma(1, x)))
 
 
 def _polygamma_impl(x, *, m):
-    x = np.asarray(x)
+    xp = array_namespace(x)
+    x = xp.asarray(x)
     if x.dtype.kind != "f":
         raise TypeError(f"polygamma: {_MSG} (got {x.dtype.name})")
-    return np.asarray(_scipy("polygamma")(m, x)).astype(x.dtype, copy=False)
+    return xp.asarray(_scipy("polygamma", xp)(m, x)).astype(x.dtype, copy=False)
 
 
 def _polygamma_abstract_eval(x, *, m):

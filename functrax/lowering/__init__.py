@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import time
 
+from .. import config as _config
 from .. import core
+from .._lru import LRUCache
 
 __all__ = ["compile_jaxpr", "available_backends", "canonical_backend", "clear_caches",
            "stats_owner", "register_backend"]
@@ -45,12 +47,12 @@ def register_backend(name, module, aliases=()):
 
 # (id(closed), backend, donated) -> (closed, executable); the ClosedJaxpr is kept alive so its
 # id is never reused while the entry exists.
-_executables: dict = {}
+_executables = LRUCache(lambda: _config.jit_cache_size)
 
 # id(closed) -> (closed, stats object of the jit function the program came from), so time
 # spent lowering programs derived by transformations (jvp, partial eval, transpose, vmap) is
 # charged to the function the user jitted.
-_owners: dict = {}
+_owners = LRUCache(lambda: _config.jit_cache_size)
 
 
 def available_backends():

@@ -40,6 +40,7 @@ otherwise lowering with a runtime raises and only ``generate`` (code generation)
 from __future__ import annotations
 
 import functools
+import math
 import os
 import threading
 
@@ -52,7 +53,8 @@ from .plan import Cluster
 
 __all__ = ["lower", "generate", "Program", "KernelSpec", "Executable", "Target",
            "compile_ptx", "generated_kernels", "runtime", "lowering_rules", "can_fuse",
-           "BLOCKS_MIN_REDUCED", "ROWS_MIN_KEPT"]
+           "BLOCKS_MIN_REDUCED", "ROWS_MIN_KEPT", "arch_name", "CudnnConvPlan",
+           "cudnn_conv_plan", "run_cudnn_conv", "cudnn_module"]
 
 # A reduction whose reduced extent is at least this many elements is done by whole thread
 # blocks unless there are already this many kept outputs to give one to each thread.
@@ -135,6 +137,14 @@ class _Runtime:
         return x
 
 
+def arch_name(compute_capability) -> str:
+    """'sm_XY' from CuPy's compute capability, a string of digits ("90" for 9.0, "120" for
+    12.0). It is written into every kernel's source, so the on-disk kernel cache (keyed by a
+    hash of the source) keeps one entry per GPU architecture."""
+    major, minor = divmod(int(compute_capability), 10)
+    return f"sm_{major}{minor}"
+
+
 _rt = None
 _rt_lock = threading.Lock()
 
@@ -151,9 +161,8 @@ def runtime():
                 _rt = _Runtime("sim", np, SIM_TARGET)
             elif gpu_available():
                 import cupy
-                # CuPy spells the compute capability as a string of digits, e.g. "90".
-                major, minor = divmod(int(cupy.cuda.Device().compute_capability), 10)
-                _rt = _Runtime("gpu", cupy, Target(arch=f"sm_{major}{minor}"))
+                _rt = _Runtime("gpu", cupy, Target(
+                    arch=arch_name(cupy.cuda.Device().compute_capability)))
             else:
                 raise RuntimeError(
                     "jit(backend='cuda'): no CUDA device: CuPy is not installed or sees no "
@@ -538,6 +547,33 @@ class _KernelStep:
         self.spec = KernelSpec(src, style, arg_types, summary)
         generated_kernels.append(self.spec)
         self._launcher = None
+        self.reuse = {}  # position of an "out" in the plan -> position of the load it overwrites
+
+    def plan_donation(self, owned, dying):
+        """Let outputs overwrite donated inputs: an input in ``owned`` (donated, and read by
+        no impl that could keep a view of it) that dies at this step, is read once at full
+        shape (so each element is read and then written by the same thread) and has an
+        output's dtype and size gives that output its buffer."""
+        loads = [(k, it) for k, it in enumerate(self.plan) if it[0] == "load"]
+        counts = {}
+        for _, it in loads:
+            op = self.cluster.loads[it[1]][0]
+            counts[op] = counts.get(op, 0) + 1
+        free = []
+        for k, it in loads:
+            op = self.cluster.loads[it[1]][0]
+            if op in owned and op in dying and counts[op] == 1 and \
+                    tuple(it[2]) == tuple(self.loop_shape):
+                free.append((k, op))
+        for k, it in enumerate(self.plan):
+            if it[0] != "out":
+                continue
+            v = it[1]
+            for n, (lk, op) in enumerate(free):
+                if op.aval.dtype == v.aval.dtype and op.aval.size == v.aval.size:
+                    self.reuse[k] = lk
+                    del free[n]
+                    break
 
     # -- running ----------------------------------------------------------------------------
 
@@ -557,14 +593,20 @@ class _KernelStep:
         xp = rt.xp
         launch = self.bind(rt)
         args = list(self.loop_shape)
+        m = len(args)
         outs = []
-        for item in self.plan:
+        for k, item in enumerate(self.plan):
             if item[0] == "load":
                 op, _ = self.cluster.loads[item[1]]
                 args.append(rt.array_arg(env[op], op.aval.dtype, item[2]))
             elif item[0] == "out":
                 v = item[1]
-                buf = xp.empty(self.loop_shape, v.aval.dtype)
+                lk = self.reuse.get(k)
+                donor = args[m + lk] if lk is not None else None
+                if donor is not None and donor.flags.writeable:
+                    buf = donor  # a donated input's buffer (or array_arg's private copy)
+                else:
+                    buf = xp.empty(self.loop_shape, v.aval.dtype)
                 args.append(buf)
                 outs.append((v, buf))
             else:
@@ -782,6 +824,18 @@ def lower(closed, donated=(), name="jitted", sub_lowering=None):
             summary.append(f"op {st.eqn.primitive}")
     consts = [rt.to_device(c) for c in consts]
     exe = Executable(rt, jaxpr, consts, runners, summary, sources, closed)
+    # donate_argnums: kernels may write their outputs into donated inputs' buffers. Inputs
+    # an impl reads are left alone: its result may be a view of them (reshape, transpose).
+    donated = tuple(donated) + (False,) * (len(jaxpr.invars) - len(donated))
+    owned = {v for v, d in zip(jaxpr.invars, donated) if d}
+    for r in runners:
+        if isinstance(r, _OpStep):
+            owned -= set(_step_inputs(r))
+    owned -= {v for v in jaxpr.outvars if type(v) is not Literal}
+    if owned:
+        for r, dying in zip(runners, exe._free):
+            if isinstance(r, _KernelStep):
+                r.plan_donation(owned, set(dying))
     # Build the dispatchers now (imports the kernel modules); numba-cuda compiles a kernel on
     # its first launch, for the argument types it sees.
     for r in runners:
@@ -830,3 +884,212 @@ def _while_rule(eqn, lower_sub, rt):
 lowering_rules["scan"] = _scan_rule
 lowering_rules["cond"] = _cond_rule
 lowering_rules["while"] = _while_rule
+
+
+# ---------------------------------------------------------------------------------------------
+# Convolution through cuDNN (CuPy's cudnn module), with the array library's impl as fallback.
+#
+# cuDNN computes three things, always with symmetric padding, NC+spatial layouts and feature
+# groups: the forward correlation, its adjoint in the input (``backward_data``: a transposed
+# convolution) and its adjoint in the kernel (``backward_filter``). ``cudnn_conv_plan`` maps a
+# ``conv_general_dilated`` onto one of them (pure shape arithmetic, tested without a GPU):
+#   * input dilation (the input gradient of a strided convolution, from the transpose rule)
+#     -> backward_data, the dilation becoming the stride;
+#   * batch groups (the kernel gradient of a grouped convolution), or a window larger than
+#     the output (the kernel gradient: the cotangent acts as the window) -> backward_filter;
+#   * otherwise -> forward.
+# Asymmetric or negative padding becomes an explicit pad/crop of the data operand around a
+# symmetric cuDNN padding; 1-D convolutions get a unit spatial dim.
+
+_CUDNN_DTYPES = ("float16", "float32", "float64")
+
+
+class CudnnConvPlan:
+    """How cuDNN computes one ``conv_general_dilated`` (see ``cudnn_conv_plan``)."""
+
+    __slots__ = ("op", "perms", "out_perm", "pad", "stride", "dilation", "groups",
+                 "in_adjust", "out_adjust", "unit_dim", "y_shape", "kernel_groups")
+
+    def __init__(self, **kw):
+        for k in self.__slots__:
+            setattr(self, k, kw.get(k))
+
+    def __repr__(self):
+        return (f"CudnnConvPlan({self.op}, pad={self.pad}, stride={self.stride}, "
+                f"dilation={self.dilation}, groups={self.groups}, in_adjust={self.in_adjust}, "
+                f"out_adjust={self.out_adjust})")
+
+
+def _dil(d, r):
+    return 0 if d == 0 else (d - 1) * r + 1
+
+
+def _sym_pad(lo, size, read):
+    """Symmetric pad p and the explicit (low, high) pad (>0) or crop (<0) of a data dim of
+    ``size`` padded by ``lo`` below, of which the first ``read`` positions are read: after
+    the adjustment, cuDNN's [p zeros, data, p zeros] is exactly those ``read`` positions."""
+    hi = read - lo - size
+    p = max(0, min(lo, hi))
+    return p, (lo - p, hi - p)
+
+
+def cudnn_conv_plan(lhs_shape, rhs_shape, lhs_dtype, rhs_dtype, params):
+    """The ``CudnnConvPlan`` for a ``conv_general_dilated`` of operands of these shapes and
+    dtypes with these params, or None when cuDNN cannot compute it (integer dtypes, more
+    than three spatial dims, strided transposed convolutions, ...)."""
+    from ..lax.conv import _conv_out_spatial
+    dt = np.dtype(lhs_dtype)
+    pet = params.get("preferred_element_type")
+    if np.dtype(rhs_dtype) != dt or dt.name not in _CUDNN_DTYPES or \
+            (pet is not None and np.dtype(pet) != dt):
+        return None
+    lspec, rspec, ospec = params["dimension_numbers"]
+    nsp = len(lspec) - 2
+    if not 1 <= nsp <= 3 or 0 in lhs_shape or 0 in rhs_shape:
+        return None
+    ws, pads = tuple(params["window_strides"]), tuple(params["padding"])
+    ld, rd = tuple(params["lhs_dilation"]), tuple(params["rhs_dilation"])
+    G, BG = params["feature_group_count"], params["batch_group_count"]
+    in_sp = [lhs_shape[d] for d in lspec[2:]]
+    k_sp = [rhs_shape[d] for d in rspec[2:]]
+    out_sp = list(_conv_out_spatial(tuple(in_sp), tuple(k_sp), ws, pads, ld, rd))
+    if 0 in out_sp:
+        return None
+    inv = [0] * (nsp + 2)
+    for pos, d in enumerate(ospec):
+        inv[d] = pos
+    # out_perm takes the canonical output (batch, feature, *spatial) to ospec's layout.
+    out_perm = tuple(inv)
+    unit = nsp == 1
+    if any(r > 1 for r in ld):
+        if any(s != 1 for s in ws) or BG != 1:
+            return None
+        pad, adj, sizes = [], [], []
+        for D, c, k, (before, _), s, r in zip(out_sp, in_sp, k_sp, pads, ld, rd):
+            # The forward convolution this is the input adjoint of: input size D, low pad
+            # keff - 1 - before, stride s, c outputs reading the first (c-1)s + keff padded
+            # positions. cuDNN computes the adjoint for the input those positions hold
+            # (symmetric pad p); the explicit part of the padding is cropped off the result,
+            # and input positions no window reads get zeros.
+            keff = _dil(k, r)
+            p, (lo, hi) = _sym_pad(keff - 1 - before, D, (c - 1) * s + keff)
+            size = (c - 1) * s + keff - 2 * p
+            if size < 1:
+                return None
+            pad.append(p)
+            adj.append((-lo, -hi))
+            sizes.append(size)
+        n, o = lhs_shape[lspec[0]], rhs_shape[rspec[0]]
+        return CudnnConvPlan(
+            op="backward_data", perms=(tuple(lspec), tuple(rspec)), out_perm=out_perm,
+            pad=tuple(pad), stride=ld, dilation=rd, groups=G, in_adjust=None,
+            out_adjust=tuple(adj), unit_dim=unit, y_shape=(n, o) + tuple(sizes),
+            kernel_groups=G)
+    window_bigger = math.prod(k_sp) > math.prod(out_sp)
+    if BG > 1 or (G == 1 and window_bigger):
+        if G != 1:
+            return None
+        # The C' of a kernel gradient: its lhs is the forward input with batch and feature
+        # swapped, its rhs the output cotangent likewise, its output the kernel gradient.
+        pad, adj = [], []
+        for D, c, kf, (lo, _), s, r in zip(in_sp, k_sp, out_sp, pads, rd, ws):
+            p, a = _sym_pad(lo, D, (c - 1) * s + (kf - 1) * r + 1)
+            pad.append(p)
+            adj.append(a)
+        o_f, i_f = rhs_shape[rspec[0]], lhs_shape[lspec[0]]
+        return CudnnConvPlan(
+            op="backward_filter",
+            perms=((lspec[1], lspec[0]) + tuple(lspec[2:]), (rspec[1], rspec[0]) +
+                   tuple(rspec[2:])),
+            out_perm=out_perm, pad=tuple(pad), stride=rd, dilation=ws, groups=BG,
+            in_adjust=tuple(adj), out_adjust=None, unit_dim=unit,
+            y_shape=(o_f, i_f // BG) + tuple(out_sp), kernel_groups=BG)
+    pad, adj = [], []
+    for D, k, o, (lo, _), s, r in zip(in_sp, k_sp, out_sp, pads, ws, rd):
+        p, a = _sym_pad(lo, D, (o - 1) * s + (k - 1) * r + 1)
+        pad.append(p)
+        adj.append(a)
+    n, o_f = lhs_shape[lspec[0]], rhs_shape[rspec[0]]
+    return CudnnConvPlan(
+        op="forward", perms=(tuple(lspec), tuple(rspec)), out_perm=out_perm, pad=tuple(pad),
+        stride=ws, dilation=rd, groups=G, in_adjust=tuple(adj), out_adjust=None,
+        unit_dim=unit, y_shape=(n, o_f) + tuple(out_sp), kernel_groups=G)
+
+
+def _adjust(xp, x, adj):
+    """Pad (>0) or crop (<0) the spatial dims (from dim 2) of x by adj's (low, high)."""
+    if all(a == (0, 0) for a in adj):
+        return x
+    crop = [slice(None), slice(None)]
+    widths = [(0, 0), (0, 0)]
+    for n, (lo, hi) in zip(x.shape[2:], adj):
+        crop.append(slice(max(0, -lo), n - max(0, -hi)))
+        widths.append((max(0, lo), max(0, hi)))
+    return xp.pad(x[tuple(crop)], widths)
+
+
+def run_cudnn_conv(plan, lhs, rhs, xp, cudnn):
+    """Compute the convolution ``plan`` describes with ``cudnn`` (CuPy's cudnn module, or a
+    stand-in with its three functions) on arrays of the namespace ``xp``."""
+    a = xp.transpose(xp.asarray(lhs), plan.perms[0])
+    b = xp.transpose(xp.asarray(rhs), plan.perms[1])
+    y_shape = plan.y_shape
+    pad, stride, dil = plan.pad, plan.stride, plan.dilation
+    if plan.unit_dim:
+        a, b = a[..., None], b[..., None]
+        y_shape, pad, stride, dil = y_shape + (1,), pad + (0,), stride + (1,), dil + (1,)
+    if plan.in_adjust is not None:
+        a = _adjust(xp, a, plan.in_adjust + ((0, 0),) * plan.unit_dim)
+    a, b = xp.ascontiguousarray(a), xp.ascontiguousarray(b)
+    y = xp.empty(y_shape, a.dtype)
+    common = dict(auto_tune=False, tensor_core="auto")
+    if plan.op == "forward":
+        cudnn.convolution_forward(a, b, None, y, pad, stride, dil, plan.groups, **common)
+    elif plan.op == "backward_filter":
+        cudnn.convolution_backward_filter(a, b, y, pad, stride, dil, plan.groups,
+                                          deterministic=False, **common)
+        y = xp.swapaxes(y, 0, 1)  # (O, I/g, ...) -> the kernel gradient's (I/g, O, ...)
+    else:
+        # The transposed convolution's kernel (O'=C_gx, I'=C_gy/G, *k), spatially flipped,
+        # is the forward kernel (C_gy, C_gx/G, *k) with in/out swapped within each group.
+        g = plan.kernel_groups
+        o2, i2 = b.shape[:2]
+        k = b.shape[2:]
+        w = b.reshape((g, o2 // g, i2) + k)
+        w = xp.swapaxes(w, 1, 2).reshape((g * i2, o2 // g) + k)
+        w = xp.ascontiguousarray(w[(slice(None),) * 2 + (slice(None, None, -1),) * len(k)])
+        cudnn.convolution_backward_data(w, a, None, y, pad, stride, dil, plan.groups,
+                                        deterministic=False, **common)
+        y = _adjust(xp, y, plan.out_adjust + ((0, 0),) * plan.unit_dim)
+    if plan.unit_dim:
+        y = y[..., 0]
+    return xp.transpose(y, plan.out_perm)
+
+
+def cudnn_module():
+    """CuPy's cuDNN bindings (``cupyx.cudnn``, older CuPy: ``cupy.cudnn``), or None when CuPy
+    or cuDNN is missing."""
+    for name in ("cupyx.cudnn", "cupy.cudnn"):
+        try:
+            import importlib
+            mod = importlib.import_module(name)
+            if hasattr(mod, "convolution_forward"):
+                return mod
+        except Exception:  # not installed, or libcudnn missing
+            continue
+    return None
+
+
+def _conv_rule(eqn, lower_sub, rt):
+    impl = functools.partial(eqn.primitive.impl, **eqn.params)
+    cudnn = None if rt.sim else cudnn_module()
+    lhs, rhs = eqn.invars
+    plan_ = None if cudnn is None else cudnn_conv_plan(
+        lhs.aval.shape, rhs.aval.shape, lhs.aval.dtype, rhs.aval.dtype, eqn.params)
+    if plan_ is None:
+        return impl  # the impl on device arrays: CuPy's matmul (cuBLAS) over patches
+    xp = rt.xp
+    return lambda a, b: run_cudnn_conv(plan_, a, b, xp, cudnn)
+
+
+lowering_rules["conv_general_dilated"] = _conv_rule

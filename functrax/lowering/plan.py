@@ -351,6 +351,16 @@ def _select_as_arithmetic(eqn, invars, known, splats):
         d = (b - a).astype(dt)
         if not (np.isfinite(a) and np.isfinite(d) and a + d == b and a + d * dt.type(0) == a):
             return None
+        add_a = bool(a != 0 or d == 1 and out.aval.weak_type)
+        # Exact down to the sign of zero, computed as the equations below will: select(p, 0.0,
+        # -0.0) (numpy's copysign(0.0, x), remainder's zero) is not p * -0.0, which is -0.0
+        # for both cases, and -0.0 + 0.0 is +0.0.
+        for p, want in ((0, a), (1, b)):
+            got = dt.type(p) if d == 1 else dt.type(p) * d
+            if add_a:
+                got = got + a
+            if got.tobytes() != want.tobytes():
+                return None
     src = eqn.source_info
     eqns = []
     mask = Var(out.aval.update(weak_type=False))
@@ -362,7 +372,7 @@ def _select_as_arithmetic(eqn, invars, known, splats):
         eqns.append(JaxprEqn(lax.mul_p, [cur, Literal(d, core.ShapedArray((), dt))], {}, [nv],
                              src))
         cur = nv
-    if a != 0 or cur is mask and out.aval.weak_type:
+    if add_a:
         nv = Var(out.aval)
         eqns.append(JaxprEqn(lax.add_p, [cur, Literal(a, core.ShapedArray((), dt))], {}, [nv],
                              src))
@@ -954,6 +964,9 @@ def _regroup_sums(body, ready):
             new = _regroup_one(e, producer, uses, ready, replaced)
             if new is not None:
                 out.extend(new)
+                # A later sum reading this one must regroup the rewritten equation (the
+                # original's inner sum is gone): ((a + b) + c) + d chains.
+                producer[e.outvars[0]] = new[-1]
                 changed = True
                 continue
         out.append(e)

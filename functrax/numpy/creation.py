@@ -19,6 +19,7 @@ import numpy as np
 
 from .. import core, dtypes, lax
 from ..core import Tracer, get_aval, wrap_array
+from ..lax._util import array_namespace
 from ._util import holds_tracer, user_line as _user_line
 
 __all__ = ["array", "asarray", "zeros", "ones", "full", "empty", "zeros_like", "ones_like",
@@ -38,7 +39,8 @@ def asarray(a, dtype=None, copy=None):
         return a if dtype is None else lax.convert_element_type(a, dtype)
     if isinstance(a, (list, tuple)) and holds_tracer(a):
         return array(a, dtype=dtype)
-    out = np.asarray(a, dtype=dtype)
+    # A GPU array stays on its device (np.asarray would copy it to the host, or refuse).
+    out = array_namespace(a).asarray(a, dtype=dtype)
     if core._state.dynamic is not None:
         return out
     return wrap_array(out)

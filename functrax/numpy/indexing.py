@@ -26,6 +26,7 @@ import numpy as np
 
 from .. import core, dtypes, lax
 from ..core import Tracer, get_aval
+from ..lax._util import array_namespace, ufunc_at
 from ._util import asarray_arg, holds_tracer, user_line as _user_line
 
 __all__ = ["getitem", "index_update", "take", "take_along_axis", "where", "select",
@@ -334,17 +335,19 @@ def index_update(x, index, values, mode):
     scatter, ufunc = _UPDATES[mode]
     if (not isinstance(x, Tracer) and not isinstance(values, Tracer)
             and core._state.dynamic is None and not _has_tracer(index)):
-        out = np.array(x, copy=True)
-        vals = np.asarray(values).astype(aval.dtype, copy=False)
+        # In the arrays' namespace: a GPU array is updated on the GPU (cupyx.scatter_*).
+        xp = array_namespace(x, values)
+        out = xp.array(x, copy=True)
+        vals = xp.asarray(values).astype(aval.dtype, copy=False)
         idx = tuple(np.asarray(i) if isinstance(i, list) else i for i in index) \
             if isinstance(index, tuple) else (np.asarray(index) if isinstance(index, list)
                                               else index)
         target_shape = out[idx].shape
-        vals = np.asarray(_fit_values(vals, target_shape, what))
+        vals = xp.asarray(_fit_values(vals, target_shape, what))
         if ufunc is None:
             out[idx] = vals
         else:
-            ufunc.at(out, idx, vals)
+            ufunc_at(xp, ufunc.__name__, out, idx, vals)
         return core.wrap_array(out)
     # Which flat positions of x the index selects (out-of-bounds traced indices give -1 and
     # are dropped by the scatter), then one scatter on the flattened x.
