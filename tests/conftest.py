@@ -65,14 +65,38 @@ def pytest_generate_tests(metafunc):
 
 def pytest_collection_modifyitems(config, items):
     # When only jit back ends are asked for (the simulated-CUDA run), the tests that never take
-    # the fixture would just repeat the main run: leave them out.
-    if "eager" in _selected(config):
+    # the fixture (or list other back ends by hand) would just repeat the main run: leave them
+    # out.
+    selected = _selected(config)
+    if "eager" in selected:
         return
-    keep = [it for it in items if "backend" in getattr(it, "fixturenames", ())]
-    dropped = [it for it in items if "backend" not in getattr(it, "fixturenames", ())]
+
+    def wanted(item):
+        callspec = getattr(item, "callspec", None)
+        return callspec is not None and callspec.params.get("backend") in selected
+
+    keep = [it for it in items if wanted(it)]
+    dropped = [it for it in items if not wanted(it)]
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = keep
+
+
+def pytest_sessionfinish(session, exitstatus):
+    # The simulated-CUDA run records every kernel it generated, so that the parent process
+    # (where numba's real CUDA target is available) can compile each one to PTX.
+    log = os.environ.get("FUNCTRAX_TEST_KERNEL_LOG")
+    if not log:
+        return
+    import json
+    import sys
+    cuda = sys.modules.get("functrax.lowering.cuda")
+    kernels = {}
+    for k in (cuda.generated_kernels if cuda is not None else ()):
+        kernels[k.source] = {"source": k.source, "style": k.style, "summary": k.summary,
+                             "arg_types": [list(a) for a in k.arg_types]}
+    with open(log, "w") as f:
+        json.dump(list(kernels.values()), f)
 
 
 class Backend:
