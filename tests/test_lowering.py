@@ -767,3 +767,94 @@ def test_poly32_parallel_kernel_with_range_flag(force_numba, monkeypatch):
         np.testing.assert_allclose(np.asarray(v), np.sin(xd) * np.exp(-xd * xd), rtol=1e-6,
                                    atol=1e-30)
         np.testing.assert_allclose(np.asarray(t), np.tanh(xd) * xd + 1, rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# Compiled loops: a hot scan runs as one numba function (numba_cpu._LoopTier)
+
+
+@pytest.fixture
+def loop_tier_now(monkeypatch, kernel_cache_dir):
+    """Scans switch to their compiled loop after the first call."""
+    monkeypatch.setattr(numba_cpu, "LOOP_TIER_CALLS", 1)
+    return kernel_cache_dir
+
+
+def _check_compiled_loops(f, args, rtol, atol, n_loops):
+    """f jitted: the first call runs the Python loops (and tiers them up), the second the
+    compiled ones; both must match eager evaluation."""
+    jf = ft.jit(f)
+    first = jf(*args)
+    exe = jf.lower(*args)._entry.exe
+    assert len(exe.loop_tiers) == n_loops
+    assert all(t.fast is not None for t in exe.loop_tiers), "a compiled loop was rejected"
+    second = jf(*args)
+    want = f(*args)
+    for got in (first, second):
+        for a, b in zip(ft.tree_util.tree_leaves(got), ft.tree_util.tree_leaves(want)):
+            a, b = np.asarray(a), np.asarray(b)
+            assert a.shape == b.shape and a.dtype == b.dtype, (a.dtype, b.dtype)
+            np.testing.assert_allclose(a, b, rtol=rtol, atol=atol)
+    assert "as one numba function (in use)" in exe.as_text()
+    return exe
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_compiled_scan_pytree_carry_int_carry_and_several_ys(loop_tier_now, reverse):
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((4, 4)) * 0.5
+
+    def f(h0, xs, k):
+        def step(carry, x):
+            h, (n, tot) = carry
+            h = fnp.tanh(h @ w + x * 0.5) + fnp.sum(x) * 0.1
+            n = n + 1                                  # int32 counter
+            tot = tot + (x[0] > 0).astype(fnp.int32) * k
+            return (h, (n, tot)), (h * 2.0, n, fnp.max(h), x[::1] - h)
+        return lax.scan(step, (h0, (np.int32(0), np.int32(0))), xs, reverse=reverse)
+    _check_compiled_loops(f, (rng.standard_normal((3, 4)), rng.standard_normal((7, 4)),
+                              np.int32(3)), rtol=1e-12, atol=1e-12, n_loops=1)
+
+
+def test_compiled_scan_rnn_gradient_float32(loop_tier_now):
+    rng = np.random.default_rng(4)
+    wx = (rng.standard_normal((3, 8)) / 2).astype(np.float32)
+    wh = (rng.standard_normal((8, 8)) / 4).astype(np.float32)
+    v = rng.standard_normal(8).astype(np.float32)
+    xs = rng.standard_normal((12, 2, 3)).astype(np.float32)
+    ys = rng.standard_normal((12, 2)).astype(np.float32)
+
+    def loss(wx, wh, v):
+        def cell(h, x):
+            h = fnp.tanh(x @ wx + h @ wh)
+            return h, h @ v
+        _, preds = lax.scan(cell, fnp.zeros((2, 8), np.float32), xs)
+        return fnp.mean((preds - ys) ** 2)
+    # Forward and backward loops both compiled; tanh through the float32 helper, products
+    # through BLAS in another order: float32 rounding.
+    exe = _check_compiled_loops(ft.grad(loss, argnums=(0, 1, 2)), (wx, wh, v), rtol=2e-5,
+                                atol=1e-6, n_loops=2)
+    assert "_tanhf(" in exe.loop_tiers[0].source
+
+
+def test_scan_outside_compiled_loops_falls_back(loop_tier_now):
+    # sort has no compiled form: the scan keeps its Python loop, with the same results.
+    def f(xs):
+        return lax.scan(lambda c, x: (fnp.sort(c + x), c * 2.0), fnp.zeros(3), xs)
+    jf = ft.jit(f)
+    xs = np.arange(12.0).reshape(4, 3)[:, ::-1].copy()
+    for _ in range(2):
+        got = jf(xs)
+        for a, b in zip(ft.tree_util.tree_leaves(got), ft.tree_util.tree_leaves(f(xs))):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert jf.lower(xs)._entry.exe.loop_tiers == []
+
+
+def test_loop_tier_waits_until_the_loop_is_hot(kernel_cache_dir):
+    # Default thresholds: a short loop called twice stays a Python loop (nothing compiled).
+    f = ft.jit(lambda xs: lax.scan(lambda c, x: (c * 0.5 + x, c), 0.0, xs))
+    xs = np.linspace(0, 1, 5)
+    f(xs)
+    f(xs)
+    (tier,) = f.lower(xs)._entry.exe.loop_tiers
+    assert tier.fast is None and tier.calls == 2 and not tier.done

@@ -25,6 +25,9 @@
   disk cache already holds it) the whole program runs as one numba function, its elementwise
   clusters as loop nests and its products as BLAS calls, removing the per-equation Python
   dispatch that dominates them (W3b: about 50 equations of 1-3 us each).
+* a ``scan`` is a Python loop in the driver, guarded by a ``_LoopTier`` when its body is
+  small-program material: once the loop is hot (``LOOP_TIER_*``) the whole loop runs as one
+  numba function (no Python per step; products through numpy's own BLAS).
 
 numba kernels are written to module files in the cache dir (``cache.py``) and compiled with
 ``cache=True``, so a second process loads them from disk; equal clusters share one kernel.
@@ -2058,17 +2061,8 @@ class _Tiered:
             got = fast(*args)
             self.exe.compile_seconds += time.perf_counter() - t0
             want = self.exe.slow_fn(*args)
-            for g, w in zip(got, want):
-                g, w = np.asarray(g), np.asarray(w)
-                if g.shape != w.shape or g.dtype != w.dtype:
-                    return
-                if g.dtype.kind in "fc":
-                    fin = np.abs(w[np.isfinite(w)])
-                    scale = 1.0 + (float(fin.max()) if fin.size else 0.0)
-                    if not np.allclose(g, w, rtol=1e-4, atol=1e-6 * scale, equal_nan=True):
-                        return
-                elif not np.array_equal(g, w):
-                    return
+            if not _results_agree(got, want):
+                return
         except Exception:  # an unforeseen typing gap: the numpy driver stays
             return
         self.fast = fast
