@@ -39,7 +39,8 @@ def installed(libs):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--only", default="", help="comma-separated workload ids (W1,...,W8)")
+    ap.add_argument("--only", default="", help="comma-separated workload ids (W1,...,W8; W1e, W3b, W5e "
+                    "for one part of a group)")
     ap.add_argument("--libs", default="functrax,jax,torch,autograd,numpy,python-loop")
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--w4-size", type=int, default=10_000_000)
@@ -57,7 +58,10 @@ def main(argv=None):
             from benchmarks import cold_start
             results.extend(cold_start.run(libs))
             continue
-        for make in workloads.ALL[wid]:
+        if wid not in workloads.ALL and wid not in workloads.SINGLE:
+            raise SystemExit(f"--only: unknown workload {wid!r}; choose from "
+                             f"{', '.join(list(workloads.ALL) + list(workloads.SINGLE) + ['W8'])}")
+        for make in workloads.ALL.get(wid) or [workloads.SINGLE[wid]]:
             w = make(args.w4_size) if make is workloads.w4 else make()
             print(f"running {w.name}: {w.description}", flush=True)
             rs = harness.run_workload(w, libs, reps=args.reps)

@@ -588,3 +588,5 @@ def w7():
 ALL = {"W1": [w1, w1_eager], "W2": [w2], "W3": [w3, w3b], "W4": [w4], "W5": [w5_jit, w5_eager,
                                                                     w5_eager_sin],
        "W6": [w6], "W7": [w7]}
+# One part of a group on its own (``--only W3b``).
+SINGLE = {"W1e": w1_eager, "W3b": w3b, "W5e": w5_eager, "W5s": w5_eager_sin}

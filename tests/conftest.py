@@ -18,8 +18,13 @@ Usage in a test::
 """
 import os
 
-import pytest
-from hypothesis import HealthCheck, settings
+# A compiled tier-up (whole small program, compiled loop) that fails or disagrees with the numpy
+# driver falls back silently for users; in the tests it must fail loudly. Set before functrax
+# is imported (the lowering reads it once).
+os.environ.setdefault("FUNCTRAX_STRICT_TIERS", "1")
+
+import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
 
 settings.register_profile("ci", max_examples=25, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])

@@ -1,6 +1,7 @@
 """Tests for the elementwise primitives (functrax.lax.elementwise) and the special functions
-(functrax.lax.special): values against numpy/scipy eagerly and through jaxprs, dtype rules,
-derivatives against finite differences, batching against loops, and error messages."""
+(functrax.lax.special): values against numpy/scipy eagerly, through jaxprs and under ``jit`` on
+every back end (the ``backend`` fixture of conftest.py), dtype rules, derivatives against finite
+differences, batching against loops, and error messages."""
 
 import doctest
 import math
@@ -108,6 +109,24 @@ def _tol(dtype):
     return dict(rtol=2e-6, atol=2e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
 
 
+# Jitted functions made once per back end and function: hypothesis examples that repeat an
+# argument signature reuse the compiled program, as repeated calls do (a new shape, dtype or
+# weak type retraces, which the examples check too).
+_JITTED = {}
+
+
+def _jitted(backend, f):
+    key = (backend.name, f)
+    if key not in _JITTED:
+        _JITTED[key] = backend(f)
+    return _JITTED[key]
+
+
+def _host(tree):
+    """Results fetched to the host (a GPU back end's outputs are device arrays)."""
+    return ft.device_get(tree)
+
+
 def _via_jaxpr(f, *args):
     closed = ft.make_jaxpr(f)(*args)
     typecheck_jaxpr(closed)
@@ -121,78 +140,85 @@ def _via_jaxpr(f, *args):
 @pytest.mark.parametrize("name", list(UNARY))
 @settings(max_examples=8)
 @given(dtype=st.sampled_from([np.float32, np.float64]), shape=SHAPES, data=st.data())
-def test_unary_matches_reference(name, dtype, shape, data):
+def test_unary_matches_reference(backend, name, dtype, shape, data):
     f, ref = UNARY[name][:2]
     x = _sample(name, dtype, shape, data)
     expected = np.asarray(ref(x))
-    out = f(x)
+    out = _jitted(backend, f)(x)
     assert isinstance(out, ft.Array)
     assert out.shape == expected.shape == x.shape
     assert out.dtype == expected.dtype, (out.dtype, expected.dtype)
     np.testing.assert_allclose(out, expected, **_tol(dtype))
-    staged = _via_jaxpr(f, x)
-    assert staged.dtype == out.dtype
-    np.testing.assert_allclose(staged, out, **_tol(dtype))
+    if not backend.is_jit:  # under jit the program is staged already
+        staged = _via_jaxpr(f, x)
+        assert staged.dtype == out.dtype
+        np.testing.assert_allclose(staged, out, **_tol(dtype))
 
 
 @pytest.mark.parametrize("name", DIFFERENTIABLE_UNARY)
-def test_unary_grads(name):
+def test_unary_grads(backend, name):
     f = UNARY[name][0]
     x = _fixed_sample(name, (3,))
-    check_grads(f, (x,), order=2, modes=("fwd", "rev"))
+    check_grads(backend.jit(f), (x,), order=2, modes=("fwd", "rev"))
 
 
 @pytest.mark.parametrize("name", list(UNARY))
-def test_unary_transformed_jaxprs_typecheck(name):
-    f = UNARY[name][0]
+def test_unary_transformed_jaxprs_typecheck(backend, name):
+    # Under jit, f is a pjit call: this checks the jaxprs its vmap, grad and jvp rules build,
+    # and running them (eval_jaxpr runs the derived programs compiled for the back end).
+    eager = UNARY[name][0]
+    f = backend.jit(eager)
     x = _fixed_sample(name, (2, 3), seed=1)
     closed = ft.make_jaxpr(f)(x)
     typecheck_jaxpr(closed)
     vm = ft.make_jaxpr(ft.vmap(f))(x)
     typecheck_jaxpr(vm)
-    np.testing.assert_allclose(eval_jaxpr(vm.jaxpr, vm.consts, x)[0], f(x), rtol=1e-12)
+    np.testing.assert_allclose(_host(eval_jaxpr(vm.jaxpr, vm.consts, x)[0]), eager(x),
+                               rtol=1e-12)
     if UNARY[name][4]:
         g = ft.make_jaxpr(ft.grad(lambda v: f(v).sum()))(x)
         typecheck_jaxpr(g)
         j = ft.make_jaxpr(lambda v, t: ft.jvp(f, (v,), (t,)))(x, np.ones_like(x))
         typecheck_jaxpr(j)
-        primal, tangent = eval_jaxpr(j.jaxpr, j.consts, x, np.ones_like(x))
-        np.testing.assert_allclose(primal, f(x), rtol=1e-12)
+        primal, tangent = _host(eval_jaxpr(j.jaxpr, j.consts, x, np.ones_like(x)))
+        np.testing.assert_allclose(primal, eager(x), rtol=1e-12)
         np.testing.assert_allclose(
-            tangent, eval_jaxpr(g.jaxpr, g.consts, x)[0], rtol=1e-10)
+            tangent, _host(eval_jaxpr(g.jaxpr, g.consts, x)[0]), rtol=1e-10)
 
 
 @pytest.mark.parametrize("name", list(UNARY))
 @pytest.mark.parametrize("axis", [0, 1])
-def test_unary_vmap_matches_loop(name, axis):
+def test_unary_vmap_matches_loop(backend, name, axis):
     f = UNARY[name][0]
     x = _fixed_sample(name, (3, 4), seed=2)
-    out = ft.vmap(f, in_axes=axis, out_axes=axis)(x)
+    out = backend(ft.vmap(f, in_axes=axis, out_axes=axis))(x)
     expected = np.stack([f(np.take(x, i, axis=axis)) for i in range(x.shape[axis])], axis)
     np.testing.assert_allclose(out, expected, rtol=1e-12)
 
 
-def test_fourth_derivatives_closed_forms():
-    d4 = lambda f: ft.grad(ft.grad(ft.grad(ft.grad(f))))  # noqa: E731
+def test_fourth_derivatives_closed_forms(backend):
+    d4 = lambda f: backend(ft.grad(ft.grad(ft.grad(ft.grad(f)))))  # noqa: E731
+    d4_sin, d4_exp, d4_tanh = d4(lax.sin), d4(lax.exp), d4(lax.tanh)
     for x in (-1.3, 0.2, 0.9):
-        np.testing.assert_allclose(d4(lax.sin)(x), math.sin(x), rtol=1e-12)
-        np.testing.assert_allclose(d4(lax.exp)(x), math.exp(x), rtol=1e-12)
+        np.testing.assert_allclose(d4_sin(x), math.sin(x), rtol=1e-12)
+        np.testing.assert_allclose(d4_exp(x), math.exp(x), rtol=1e-12)
         t = math.tanh(x)
-        np.testing.assert_allclose(d4(lax.tanh)(x), 8 * t * (1 - t * t) * (2 - 3 * t * t),
+        np.testing.assert_allclose(d4_tanh(x), 8 * t * (1 - t * t) * (2 - 3 * t * t),
                                    rtol=1e-10, atol=1e-12)
-    # Forward over reverse agrees.
+    # Forward over reverse agrees; here the jitted tanh itself is differentiated (derivatives
+    # of the pjit call).
     x = 0.7
-    third = ft.grad(ft.grad(ft.grad(lax.tanh)))
-    _, fourth = ft.jvp(third, (x,), (1.0,))
+    third = ft.grad(ft.grad(ft.grad(backend.jit(lax.tanh))))
+    _, fourth = _host(ft.jvp(third, (x,), (1.0,)))
     t = math.tanh(x)
     np.testing.assert_allclose(fourth, 8 * t * (1 - t * t) * (2 - 3 * t * t), rtol=1e-10)
 
 
-def test_float32_derivatives_stay_float32():
+def test_float32_derivatives_stay_float32(backend):
     x = np.float32(0.3)
     for f in (lax.sin, lax.exp2, lax.rsqrt, lax.cbrt, lax.erf, lax.erf_inv, lax.tanh):
-        assert ft.grad(f)(x).dtype == np.float32
-        assert ft.grad(ft.grad(f))(x).dtype == np.float32
+        assert backend(ft.grad(f))(x).dtype == np.float32
+        assert backend(ft.grad(ft.grad(f)))(x).dtype == np.float32
 
 
 # ---------------------------------------------------------------------------------------------
@@ -224,28 +250,30 @@ BROADCAST_PAIRS = st.sampled_from([((), ()), ((3,), (3,)), ((2, 3), (3,)), ((3,)
 @settings(max_examples=10)
 @given(dtype=st.sampled_from([np.float32, np.float64]), shapes=BROADCAST_PAIRS,
        data=st.data())
-def test_binary_matches_reference(name, dtype, shapes, data):
+def test_binary_matches_reference(backend, name, dtype, shapes, data):
     f, ref, xr, yr = BINARY[name][:4]
     x = data.draw(hnp.arrays(dtype, shapes[0], elements=_floats(dtype, *xr)))
     y = data.draw(hnp.arrays(dtype, shapes[1], elements=_floats(dtype, *yr)))
     expected = np.asarray(ref(x, y))
-    out = f(x, y)
+    out = _jitted(backend, f)(x, y)
     assert out.shape == expected.shape and out.dtype == expected.dtype
     np.testing.assert_allclose(out, expected, **_tol(dtype))
-    np.testing.assert_allclose(_via_jaxpr(f, x, y), expected, **_tol(dtype))
+    if not backend.is_jit:  # under jit the program is staged already
+        np.testing.assert_allclose(_via_jaxpr(f, x, y), expected, **_tol(dtype))
 
 
 @pytest.mark.parametrize("name", [k for k, v in BINARY.items() if v[4]])
 @pytest.mark.parametrize("shapes", [((3,), (3,)), ((2, 3), (3,)), ((), (2,))])
-def test_binary_grads(name, shapes):
+def test_binary_grads(backend, name, shapes):
     f, _, xr, yr = BINARY[name][:4]
     rng = np.random.default_rng(3)
     x = rng.uniform(*xr, shapes[0])
     y = rng.uniform(*yr, shapes[1])
-    check_grads(f, (x, y), order=2, modes=("fwd", "rev"))
-    g = ft.make_jaxpr(ft.grad(lambda a, b: f(a, b).sum(), argnums=(0, 1)))(x, y)
+    check_grads(backend.jit(f), (x, y), order=2, modes=("fwd", "rev"))
+    jf = backend.jit(f)
+    g = ft.make_jaxpr(ft.grad(lambda a, b: jf(a, b).sum(), argnums=(0, 1)))(x, y)
     typecheck_jaxpr(g)
-    gx, gy = ft.grad(lambda a, b: f(a, b).sum(), argnums=(0, 1))(x, y)
+    gx, gy = backend(ft.grad(lambda a, b: f(a, b).sum(), argnums=(0, 1)))(x, y)
     assert gx.shape == np.shape(x) and gy.shape == np.shape(y)
 
 
@@ -253,49 +281,55 @@ def test_binary_grads(name, shapes):
 @pytest.mark.parametrize("in_axes,xs,ys", [
     ((0, 0), (4, 3), (4, 3)), ((0, None), (4, 3), (3,)), ((None, 0), (2, 3), (4, 3)),
     ((1, 0), (3, 4), (4, 3)), ((0, 1), (4, 2, 3), (2, 4, 1)), ((None, 1), (3,), (3, 4))])
-def test_binary_vmap_matches_loop(name, in_axes, xs, ys):
+def test_binary_vmap_matches_loop(backend, name, in_axes, xs, ys):
     f, _, xr, yr = BINARY[name][:4]
     rng = np.random.default_rng(4)
     x, y = rng.uniform(*xr, xs), rng.uniform(*yr, ys)
-    out = ft.vmap(f, in_axes=in_axes)(x, y)
+    out = backend(ft.vmap(f, in_axes=in_axes))(x, y)
     size = (xs[in_axes[0]] if in_axes[0] is not None else ys[in_axes[1]])
     pick = lambda a, ax, i: a if ax is None else np.take(a, i, axis=ax)  # noqa: E731
     expected = np.stack([f(pick(x, in_axes[0], i), pick(y, in_axes[1], i))
                          for i in range(size)])
     np.testing.assert_allclose(out, expected, rtol=1e-12)
-    typecheck_jaxpr(ft.make_jaxpr(ft.vmap(f, in_axes=in_axes))(x, y))
+    # Under jit: the batching rule of the pjit call.
+    typecheck_jaxpr(ft.make_jaxpr(ft.vmap(backend.jit(f), in_axes=in_axes))(x, y))
 
 
-def test_max_min_split_gradient_at_ties():
-    gx, gy = ft.grad(lambda a, b: lax.max(a, b), argnums=(0, 1))(2.0, 2.0)
+def test_max_min_split_gradient_at_ties(backend):
+    gx, gy = backend(ft.grad(lambda a, b: lax.max(a, b), argnums=(0, 1)))(2.0, 2.0)
     assert (gx, gy) == (0.5, 0.5)
-    gx, gy = ft.grad(lambda a, b: lax.min(a, b), argnums=(0, 1))(1.0, 3.0)
+    gx, gy = backend(ft.grad(lambda a, b: lax.min(a, b), argnums=(0, 1)))(1.0, 3.0)
     assert (gx, gy) == (1.0, 0.0)
 
 
 @np.errstate(all="ignore")
-def test_pow_derivatives_at_zero():
-    assert ft.grad(lambda x: lax.pow(x, 0.0))(0.0) == 0.0
-    assert ft.grad(lambda y: lax.pow(0.0, y))(2.0) == 0.0
-    assert ft.grad(lambda x: lax.pow(x, 2.0))(0.0) == 0.0
+def test_pow_derivatives_at_zero(backend):
+    assert backend(ft.grad(lambda x: lax.pow(x, 0.0)))(0.0) == 0.0
+    assert backend(ft.grad(lambda y: lax.pow(0.0, y)))(2.0) == 0.0
+    assert backend(ft.grad(lambda x: lax.pow(x, 2.0)))(0.0) == 0.0
 
 
-def test_abs_gradient_convention():
-    assert ft.grad(lax.abs)(0.0) == 1.0
-    assert ft.grad(lax.abs)(-2.0) == -1.0
+def test_abs_gradient_convention(backend):
+    assert backend(ft.grad(lax.abs))(0.0) == 1.0
+    assert backend(ft.grad(lax.abs))(-2.0) == -1.0
 
 
-def test_weak_scalars_keep_array_dtype():
+def test_weak_scalars_keep_array_dtype(backend):
     x = np.ones(3, np.float32)
     for f in (lax.add, lax.sub, lax.mul, lax.div, lax.max, lax.pow, lax.atan2, lax.rem):
-        assert f(x, 2.0).dtype == np.float32, f
-        assert _via_jaxpr(lambda v: f(v, 2.0), x).dtype == np.float32, f
+        with_two = lambda v: f(v, 2.0)  # noqa: E731
+        assert backend(with_two)(x).dtype == np.float32, f
+        # The scalar as an argument of the jitted function (a weak-typed input) too.
+        assert backend(f)(x, 2.0).dtype == np.float32, f
+        if not backend.is_jit:  # under jit the program is staged already
+            assert _via_jaxpr(with_two, x).dtype == np.float32, f
     i = np.ones(3, np.int32)
-    assert lax.add(i, 2).dtype == np.int32
-    assert lax.div(i, 2).dtype == np.int32
-    assert lax.bitwise_and(i, 5).dtype == np.int32
-    assert lax.add(i, 2.0).dtype == np.float64
-    assert lax.complex(x, 1.0).dtype == np.complex64
+    assert backend(lambda v: lax.add(v, 2))(i).dtype == np.int32
+    assert backend(lambda v: lax.div(v, 2))(i).dtype == np.int32
+    assert backend(lambda v: lax.bitwise_and(v, 5))(i).dtype == np.int32
+    assert backend(lax.bitwise_and)(i, 5).dtype == np.int32
+    assert backend(lambda v: lax.add(v, 2.0))(i).dtype == np.float64
+    assert backend(lambda v: lax.complex(v, 1.0))(x).dtype == np.complex64
 
 
 # ---------------------------------------------------------------------------------------------
@@ -306,22 +340,25 @@ INT_DTYPES = st.sampled_from([np.int32, np.int64, np.uint32, np.uint8])
 
 @given(dtype=st.sampled_from([np.int32, np.int64, np.int8]), shapes=BROADCAST_PAIRS,
        data=st.data())
-def test_integer_div_rem_round_toward_zero(dtype, shapes, data):
+def test_integer_div_rem_round_toward_zero(backend, dtype, shapes, data):
     x = data.draw(hnp.arrays(dtype, shapes[0], elements=st.integers(-50, 50)))
     y = data.draw(hnp.arrays(dtype, shapes[1], elements=st.integers(1, 9).map(
         lambda v: v if v % 2 else -v)))
     q = (np.trunc(x.astype(np.float64) / y)).astype(dtype)
-    for f in (lambda a, b: lax.div(a, b), lambda a, b: _via_jaxpr(lax.div, a, b)):
+    ways = [backend(lax.div)] + ([] if backend.is_jit else [
+        lambda a, b: _via_jaxpr(lax.div, a, b)])  # under jit the program is staged already
+    for f in ways:
         out = f(x, y)
         assert out.dtype == dtype
         np.testing.assert_array_equal(out, q)
-    np.testing.assert_array_equal(lax.rem(x, y), np.fmod(x, y))
-    np.testing.assert_array_equal(lax.add(lax.mul(lax.div(x, y), y), lax.rem(x, y)),
-                                  np.broadcast_to(x, q.shape))
+    np.testing.assert_array_equal(backend(lax.rem)(x, y), np.fmod(x, y))
+    np.testing.assert_array_equal(
+        backend(lambda a, b: lax.add(lax.mul(lax.div(a, b), b), lax.rem(a, b)))(x, y),
+        np.broadcast_to(x, q.shape))
 
 
 @given(dtype=INT_DTYPES, shape=SHAPES, data=st.data())
-def test_shifts_and_bit_ops_match_numpy(dtype, shape, data):
+def test_shifts_and_bit_ops_match_numpy(backend, dtype, shape, data):
     info = np.iinfo(dtype)
     bits = info.bits
     x = data.draw(hnp.arrays(dtype, shape, elements=st.integers(info.min, info.max)))
@@ -341,19 +378,26 @@ def test_shifts_and_bit_ops_match_numpy(dtype, shape, data):
         "bitwise_and": np.bitwise_and(x, z),
         "bitwise_or": np.bitwise_or(x, z),
     }
+    # Every operation in one program (one trace and lowering per example under jit).
+    def all_ops(x, y, z):
+        outs = {name: getattr(lax, name)(x, z if name.startswith("bitwise") else y)
+                for name in expected}
+        return outs, lax.population_count(x), lax.bitwise_not(x)
+
+    outs, popcount, inverted = backend(all_ops)(x, y, z)
     for name, exp in expected.items():
         f = getattr(lax, name)
         b = z if name.startswith("bitwise") else y
-        out = f(x, b)
-        assert out.dtype == dtype, name
-        np.testing.assert_array_equal(out, exp, err_msg=name)
-        np.testing.assert_array_equal(_via_jaxpr(f, x, b), exp, err_msg=name)
+        assert outs[name].dtype == dtype, name
+        np.testing.assert_array_equal(outs[name], exp, err_msg=name)
+        if not backend.is_jit:  # under jit the program is staged already
+            np.testing.assert_array_equal(_via_jaxpr(f, x, b), exp, err_msg=name)
     pc = np.array([bin(int(v)).count("1") for v in ux.ravel()], dtype).reshape(shape)
-    np.testing.assert_array_equal(lax.population_count(x), pc)
-    np.testing.assert_array_equal(lax.bitwise_not(x), np.invert(x))
+    np.testing.assert_array_equal(popcount, pc)
+    np.testing.assert_array_equal(inverted, np.invert(x))
 
 
-def test_uint32_arithmetic_wraps_like_threefry_needs():
+def test_uint32_arithmetic_wraps_like_threefry_needs(backend):
     def rotl(v, r):
         return lax.bitwise_or(lax.shift_left(v, np.uint32(r)),
                               lax.shift_right_logical(v, np.uint32(32 - r)))
@@ -379,148 +423,181 @@ def test_uint32_arithmetic_wraps_like_threefry_needs():
         return np.array(out, np.uint32)
 
     expected = reference(a, b)
-    out = mix(a, b)
+    out = backend(mix)(a, b)
     assert out.dtype == np.uint32
     np.testing.assert_array_equal(out, expected)
-    np.testing.assert_array_equal(_via_jaxpr(mix, a, b), expected)
-    np.testing.assert_array_equal(ft.vmap(mix)(a, b), expected)
+    if not backend.is_jit:  # under jit the program is staged already
+        np.testing.assert_array_equal(_via_jaxpr(mix, a, b), expected)
+    np.testing.assert_array_equal(backend(ft.vmap(mix))(a, b), expected)
     # Weak Python ints keep the uint32 type.
-    assert lax.add(a, 1).dtype == np.uint32
-    np.testing.assert_array_equal(lax.add(a, 1), (a.astype(np.int64) + 1) % 2 ** 32)
+    plus_one = backend(lambda v: lax.add(v, 1))(a)
+    assert plus_one.dtype == np.uint32
+    np.testing.assert_array_equal(plus_one, (a.astype(np.int64) + 1) % 2 ** 32)
     # 0-d operands wrap too, without numpy's scalar overflow warnings.
     with np.errstate(over="raise"):
-        assert int(lax.mul(np.uint32(0xFFFFFFFF), np.uint32(2))) == 0xFFFFFFFE
-        assert int(lax.add(np.uint32(0xFFFFFFFF), np.uint32(1))) == 0
+        assert int(backend(lax.mul)(np.uint32(0xFFFFFFFF), np.uint32(2))) == 0xFFFFFFFE
+        assert int(backend(lax.add)(np.uint32(0xFFFFFFFF), np.uint32(1))) == 0
 
 
-def test_shift_batching():
+def test_shift_batching(backend):
     x = np.arange(12, dtype=np.uint32).reshape(3, 4) * 1000003
     s = np.array([1, 5, 31], np.uint32)
-    out = ft.vmap(lax.shift_right_logical, in_axes=(0, 0))(x, s)
+    out = backend(ft.vmap(lax.shift_right_logical, in_axes=(0, 0)))(x, s)
     np.testing.assert_array_equal(out, x >> s[:, None])
-    out = ft.vmap(lax.shift_left, in_axes=(1, None))(x, np.uint32(3))
+    out = backend(ft.vmap(lax.shift_left, in_axes=(1, None)))(x, np.uint32(3))
     np.testing.assert_array_equal(out, (x << np.uint32(3)).T)
 
 
-def test_bool_logic():
+def test_bool_logic(backend):
     a = np.array([True, False, True, False])
     b = np.array([True, True, False, False])
-    np.testing.assert_array_equal(lax.bitwise_and(a, b), a & b)
-    np.testing.assert_array_equal(lax.bitwise_or(a, b), a | b)
-    np.testing.assert_array_equal(lax.bitwise_xor(a, b), a ^ b)
-    np.testing.assert_array_equal(lax.bitwise_not(a), ~a)
-    assert lax.bitwise_xor(a, b).dtype == np.bool_
+    np.testing.assert_array_equal(backend(lax.bitwise_and)(a, b), a & b)
+    np.testing.assert_array_equal(backend(lax.bitwise_or)(a, b), a | b)
+    np.testing.assert_array_equal(backend(lax.bitwise_xor)(a, b), a ^ b)
+    np.testing.assert_array_equal(backend(lax.bitwise_not)(a), ~a)
+    assert backend(lax.bitwise_xor)(a, b).dtype == np.bool_
 
 
 # ---------------------------------------------------------------------------------------------
 # clamp, select, rounding, complex numbers, special functions
 
 
-def test_clamp_values_grads_and_vmap():
+def test_clamp_values_grads_and_vmap(backend):
     x = np.array([-2.0, -0.3, 0.4, 2.5])
-    out = lax.clamp(-1.0, x, 1.0)
+    out = backend(lambda v: lax.clamp(-1.0, v, 1.0))(x)
     np.testing.assert_array_equal(out, np.clip(x, -1, 1))
     lo, hi = np.full(4, -1.0), np.full(4, 1.0)
-    check_grads(lambda a, v, b: lax.clamp(a, v, b), (lo, x, hi), order=2)
-    glo, gx, ghi = ft.grad(lambda a, v, b: lax.clamp(a, v, b).sum(), argnums=(0, 1, 2))(
-        lo, x, hi)
+    check_grads(backend.jit(lambda a, v, b: lax.clamp(a, v, b)), (lo, x, hi), order=2)
+    glo, gx, ghi = backend(ft.grad(lambda a, v, b: lax.clamp(a, v, b).sum(),
+                                   argnums=(0, 1, 2)))(lo, x, hi)
     np.testing.assert_array_equal(gx, [0, 1, 1, 0])
     np.testing.assert_array_equal(glo, [1, 0, 0, 0])
     np.testing.assert_array_equal(ghi, [0, 0, 0, 1])
     xs = np.random.default_rng(5).uniform(-2, 2, (3, 4))
-    np.testing.assert_allclose(ft.vmap(lambda v: lax.clamp(-1.0, v, 1.0))(xs),
+    np.testing.assert_allclose(backend(ft.vmap(lambda v: lax.clamp(-1.0, v, 1.0)))(xs),
                                np.clip(xs, -1, 1))
-    np.testing.assert_allclose(ft.vmap(lax.clamp, in_axes=(0, 1, None))(
+    np.testing.assert_allclose(backend(ft.vmap(lax.clamp, in_axes=(0, 1, None)))(
         np.array([-1.0, 0.0, -0.5, 0.2]), xs, 0.5), np.clip(xs.T, [[-1], [0], [-0.5], [0.2]],
                                                            0.5))
-    assert lax.clamp(0, np.arange(5, dtype=np.int32), 3).dtype == np.int32
+    assert backend(lambda v: lax.clamp(0, v, 3))(np.arange(5, dtype=np.int32)).dtype == \
+        np.int32
 
 
-def test_select_helper():
+def test_select_helper(backend):
     p = np.array([True, False, True])
-    np.testing.assert_array_equal(lax.select(p, np.ones(3), np.zeros(3)), [1, 0, 1])
-    g = ft.grad(lambda x: lax.select(p, x, 2 * x).sum())(np.ones(3))
+    np.testing.assert_array_equal(backend(lax.select)(p, np.ones(3), np.zeros(3)), [1, 0, 1])
+    g = backend(ft.grad(lambda x: lax.select(p, x, 2 * x).sum()))(np.ones(3))
     np.testing.assert_array_equal(g, [1, 2, 1])
 
 
-def test_round_methods_on_ties():
+def test_select_keeps_the_sign_of_zero(backend):
+    # Regression: the lowering turned select_n with scalar cases into p * (b - a) + a without
+    # checking the sign of zero, so select(p, 0.0, -0.0) gave -0.0 everywhere (numpy's
+    # copysign(0.0, x) and remainder's zeros go through such selects).
+    p = np.array([True, False, True, False])
+    for dt in (np.float32, np.float64):
+        for a, b in ((0.0, -0.0), (-0.0, 0.0), (0.0, -1.0), (-0.0, 1.0), (-1.0, 0.0),
+                     (2.0, -0.0), (0.5, 1.0)):
+            on_true, on_false = np.full(4, a, dt), np.full(4, b, dt)
+            out = backend(lambda q: lax.select(q, on_true, on_false))(p)
+            expected = np.where(p, on_true, on_false)
+            assert out.dtype == dt
+            np.testing.assert_array_equal(out, expected, err_msg=f"{a}, {b}")
+            np.testing.assert_array_equal(np.signbit(out), np.signbit(expected),
+                                          err_msg=f"{a}, {b}")
+
+
+def test_round_methods_on_ties(backend):
     x = np.array([-2.5, -1.5, -0.5, 0.5, 1.5, 2.5, 0.49999999999999994, -0.49999999999999994])
-    np.testing.assert_array_equal(lax.round(x), [-3, -2, -1, 1, 2, 3, 0, 0])
-    np.testing.assert_array_equal(lax.round(x, lax.RoundingMethod.TO_NEAREST_EVEN),
-                                  np.rint(x))
-    np.testing.assert_array_equal(lax.round(x, 1), np.rint(x))
-    assert lax.round(np.float32(2.5)).dtype == np.float32
+    np.testing.assert_array_equal(backend(lax.round)(x), [-3, -2, -1, 1, 2, 3, 0, 0])
+    np.testing.assert_array_equal(
+        backend(lambda v: lax.round(v, lax.RoundingMethod.TO_NEAREST_EVEN))(x), np.rint(x))
+    np.testing.assert_array_equal(backend(lambda v: lax.round(v, 1))(x), np.rint(x))
+    assert backend(lax.round)(np.float32(2.5)).dtype == np.float32
+
+
+def test_round_method_parameter_and_errors():
+    x = np.array([-2.5, 0.5])
     j = ft.make_jaxpr(lambda v: lax.round(v, lax.RoundingMethod.TO_NEAREST_EVEN))(x)
     assert "rounding_method=1" in str(j)
     with pytest.raises(ValueError, match="round"):
         lax.round(x, 7)
 
 
-def test_complex_parts():
+def test_complex_parts(backend):
     re = np.array([1.0, -2.0, 0.5])
     im = np.array([0.5, 3.0, -1.0])
-    z = lax.complex(re, im)
+    z = backend(lax.complex)(re, im)
     assert z.dtype == np.complex128
     np.testing.assert_array_equal(z, re + 1j * im)
-    np.testing.assert_array_equal(lax.real(z), re)
-    np.testing.assert_array_equal(lax.imag(z), im)
-    np.testing.assert_array_equal(lax.conj(z), re - 1j * im)
-    np.testing.assert_allclose(lax.abs(z), np.abs(re + 1j * im))
-    assert lax.abs(z).dtype == np.float64
-    assert lax.abs(lax.complex(np.float32(1), np.float32(2))).dtype == np.float32
-    assert lax.conj(re).dtype == np.float64
-    for f in (lax.real, lax.imag, lax.conj, lax.abs):
-        typecheck_jaxpr(ft.make_jaxpr(f)(z))
-        np.testing.assert_allclose(_via_jaxpr(f, z), f(z))
-    typecheck_jaxpr(ft.make_jaxpr(lax.complex)(re, im))
+    np.testing.assert_array_equal(backend(lax.real)(z), re)
+    np.testing.assert_array_equal(backend(lax.imag)(z), im)
+    np.testing.assert_array_equal(backend(lax.conj)(z), re - 1j * im)
+    np.testing.assert_allclose(backend(lax.abs)(z), np.abs(re + 1j * im))
+    assert backend(lax.abs)(z).dtype == np.float64
+    assert backend(lambda a, b: lax.abs(lax.complex(a, b)))(
+        np.float32(1), np.float32(2)).dtype == np.float32
+    assert backend(lax.conj)(re).dtype == np.float64
+    if not backend.is_jit:  # under jit the program is staged already
+        for f in (lax.real, lax.imag, lax.conj, lax.abs):
+            typecheck_jaxpr(ft.make_jaxpr(f)(z))
+            np.testing.assert_allclose(_via_jaxpr(f, z), f(z))
+        typecheck_jaxpr(ft.make_jaxpr(lax.complex)(re, im))
 
 
-def test_complex_derivatives():
+def test_complex_derivatives(backend):
     re = np.array([1.0, -2.0, 0.5])
     im = np.array([0.5, 3.0, -1.0])
     # Through complex numbers and back to reals: |re + i im| and its gradient.
     f = lambda a, b: lax.abs(lax.complex(a, b))  # noqa: E731
-    check_grads(f, (re, im), order=2)
-    g_re, g_im = ft.grad(lambda a, b: f(a, b).sum(), argnums=(0, 1))(re, im)
+    check_grads(backend.jit(f), (re, im), order=2)
+    g_re, g_im = backend(ft.grad(lambda a, b: f(a, b).sum(), argnums=(0, 1)))(re, im)
     r = np.hypot(re, im)
     np.testing.assert_allclose(g_re, re / r)
     np.testing.assert_allclose(g_im, im / r)
     h = lambda a, b: lax.real(lax.mul(lax.complex(a, b), lax.conj(lax.complex(b, a))))  # noqa
-    check_grads(h, (re, im), order=2)
+    check_grads(backend.jit(h), (re, im), order=2)
     k = lambda a, b: lax.imag(lax.exp(lax.complex(a, b)))  # noqa: E731
-    check_grads(k, (re, im), order=2)
-    np.testing.assert_allclose(k(re, im), np.exp(re) * np.sin(im))
+    check_grads(backend.jit(k), (re, im), order=2)
+    np.testing.assert_allclose(backend(k)(re, im), np.exp(re) * np.sin(im))
     # jvp of a holomorphic function of a complex argument.
     z = re + 1j * im
-    out, t = ft.jvp(lax.sin, (z,), (np.ones_like(z),))
+    out, t = backend(lambda v, dv: ft.jvp(lax.sin, (v,), (dv,)))(z, np.ones_like(z))
     np.testing.assert_allclose(t, np.cos(z))
 
 
-def test_polygamma_orders_and_jvp():
+def test_polygamma_orders_and_jvp(backend):
     x = np.array([0.7, 1.5, 4.0])
     for m in range(4):
-        np.testing.assert_allclose(lax.polygamma(m, x), scipy.special.polygamma(m, x))
-    check_grads(lambda v: lax.polygamma(2, v), (x,), order=2)
-    np.testing.assert_allclose(ft.grad(ft.grad(lax.lgamma))(1.5),
+        np.testing.assert_allclose(backend(lambda v: lax.polygamma(m, v))(x),
+                                   scipy.special.polygamma(m, x))
+    check_grads(backend.jit(lambda v: lax.polygamma(2, v)), (x,), order=2)
+    np.testing.assert_allclose(backend(ft.grad(ft.grad(lax.lgamma)))(1.5),
                                scipy.special.polygamma(1, 1.5))
-    assert lax.polygamma(1, np.float32(2.0)).dtype == np.float32
+    assert backend(lambda v: lax.polygamma(1, v))(np.float32(2.0)).dtype == np.float32
+
+
+def test_polygamma_rejects_negative_order():
+    x = np.array([0.7, 1.5, 4.0])
     with pytest.raises(ValueError, match="polygamma"):
         lax.polygamma(-1, x)
 
 
-def test_special_float32_results():
+def test_special_float32_results(backend):
     x = np.linspace(0.1, 0.8, 5, dtype=np.float32)
     for f in (lax.erf, lax.erfc, lax.erf_inv, lax.lgamma, lax.digamma):
-        assert f(x).dtype == np.float32
-        assert _via_jaxpr(f, x).dtype == np.float32
+        assert backend(f)(x).dtype == np.float32
+        if not backend.is_jit:  # under jit the program is staged already
+            assert _via_jaxpr(f, x).dtype == np.float32
 
 
-def test_nextafter_and_is_finite():
+def test_nextafter_and_is_finite(backend):
     x = np.array([1.0, -1.0, 0.0])
-    np.testing.assert_array_equal(lax.nextafter(x, 2.0), np.nextafter(x, 2.0))
+    np.testing.assert_array_equal(backend(lambda v: lax.nextafter(v, 2.0))(x),
+                                  np.nextafter(x, 2.0))
     y = np.array([1.0, np.inf, -np.inf, np.nan])
-    np.testing.assert_array_equal(lax.is_finite(y), [True, False, False, False])
-    assert ft.grad(lambda v: lax.nextafter(v, 2.0))(1.0) == 0.0
+    np.testing.assert_array_equal(backend(lax.is_finite)(y), [True, False, False, False])
+    assert backend(ft.grad(lambda v: lax.nextafter(v, 2.0)))(1.0) == 0.0
 
 
 # ---------------------------------------------------------------------------------------------

@@ -69,6 +69,11 @@ NUMBA_MIN_OPS = int(os.environ.get("FUNCTRAX_NUMBA_MIN_OPS", 4))
 # float32 transcendental clusters as numba kernels with polynomial helpers (see _POLY_PRELUDE).
 POLY32_ENABLED = os.environ.get("FUNCTRAX_POLY32", "1").strip().lower() not in (
     "0", "false", "no", "off")
+# Tier-ups (whole small programs, compiled loops) fall back to the numpy driver when numba
+# fails or disagrees, so users never see a broken compile; the test suite sets
+# FUNCTRAX_STRICT_TIERS=1 so that such a fallback fails loudly instead of hiding a bug.
+STRICT_TIERS = os.environ.get("FUNCTRAX_STRICT_TIERS", "").strip().lower() in (
+    "1", "true", "yes", "on")
 BLOCK_BYTES = 1 << 19  # per temporary; a handful of them stay in L2/L3 (measured on W4)
 
 TRANSCENDENTAL = frozenset({"exp", "log", "expm1", "log1p", "sin", "cos", "tanh", "logistic",
@@ -2062,8 +2067,10 @@ class _Tiered:
             self.exe.compile_seconds += time.perf_counter() - t0
             want = self.exe.slow_fn(*args)
             if not _results_agree(got, want):
+                _tier_failed("whole-program", self.source, None)
                 return
-        except Exception:  # an unforeseen typing gap: the numpy driver stays
+        except Exception as e:  # an unforeseen typing gap: the numpy driver stays
+            _tier_failed("whole-program", self.source, e)
             return
         self.fast = fast
         self.exe.tiered = True
@@ -2243,6 +2250,14 @@ def _kernel_arg(aval):
     return lambda x, dt=aval.dtype: np.ascontiguousarray(x, dt)
 
 
+def _tier_failed(what, source, error):
+    """A tier-up that fell back: silent for users, an error under FUNCTRAX_STRICT_TIERS."""
+    if STRICT_TIERS:
+        why = f"raised {type(error).__name__}: {error}" if error is not None else \
+            "gave results that differ from the numpy driver's"
+        raise RuntimeError(f"functrax: the compiled {what} function {why}\n{source}") from error
+
+
 def _results_agree(got, want):
     """Whether a compiled function's outputs match the numpy driver's: same shapes and dtypes,
     floats to rounding (relative to the largest finite value), the rest exactly."""
@@ -2310,7 +2325,8 @@ class _LoopTier:
                 res = kern(*[c(x) for c, x in zip(conv, xs)], *bconsts)
                 return [r if t is None else t(r) for r, t in zip(res, scal)]
             got = fast(*ins)
-        except Exception:  # an unforeseen typing gap: the Python loop stays
+        except Exception as e:  # an unforeseen typing gap: the Python loop stays
+            _tier_failed("loop", self.source, e)
             return
         finally:
             if self.exe is not None:
@@ -2318,6 +2334,8 @@ class _LoopTier:
         counters["loop_kernels"] += 1
         if _results_agree(got, outs):
             self.fast = fast
+        else:
+            _tier_failed("loop", self.source, None)
 
 
 # ---------------------------------------------------------------------------------------------
