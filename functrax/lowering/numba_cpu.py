@@ -806,10 +806,15 @@ class Executable:
         self.compile_seconds = 0.0
         self.numba_compiles = 0
         self.numba_disk_hits = 0
-        self.small_source = None   # the whole program as one numba function (tier-up)
+        self.small_tier = None     # the whole program as one numba function (_Tiered)
         self.slow_fn = fn
         self.tiered = False
         self.loop_tiers = []       # scans that may run as one numba function (_LoopTier)
+
+    @property
+    def small_source(self):
+        """The whole program's numba source (generated on first use), or None."""
+        return self.small_tier.get_source() if self.small_tier is not None else None
 
     def __call__(self, *args):
         if not self._ran:
@@ -1423,13 +1428,12 @@ def lower(closed, donated=(), name="jitted", sub_lowering=None):
     exe.loop_tiers = em.loop_tiers
     for t in em.loop_tiers:
         t.exe = exe
-    if SMALL_TIER_CALLS > 0 and not em.dispatchers:
-        small = _small_program_source(jaxpr)
-        if small is not None:
-            exe.small_source = small
-            exe.slow_fn = fn
-            exe.fn = _Tiered(exe, small, [v.aval for v in jaxpr.invars],
-                             [v.aval for v in jaxpr.outvars], consts)
+    if SMALL_TIER_CALLS > 0 and not em.dispatchers and len(jaxpr.eqns) >= SMALL_MIN_EQNS:
+        # The numba source is generated only once the program is called again and again:
+        # most programs run a few times, and generating it costs ~15% of a lowering.
+        exe.slow_fn = fn
+        exe.fn = exe.small_tier = _Tiered(exe, jaxpr, [v.aval for v in jaxpr.invars],
+                                          [v.aval for v in jaxpr.outvars], consts)
     if em.dispatchers:
         exe.compile_seconds, exe.numba_compiles, exe.numba_disk_hits = \
             _precompile(em.dispatchers)
@@ -2020,29 +2024,44 @@ class _Tiered:
     ``SMALL_TIER_CALLS`` times (``SMALL_TIER_ON_DISK`` times when an earlier process compiled
     the same function and numba's disk cache holds it), then one numba function (see ``_small_program_source``).
     The first numba result is checked against the numpy driver's; a mismatch or a compile
-    failure keeps the numpy driver for good."""
+    failure keeps the numpy driver for good. The source is generated lazily, at the
+    ``SMALL_TIER_ON_DISK``-th call (to look for it on disk) or when asked for."""
 
-    def __init__(self, exe, source, in_avals, out_avals, consts):
+    _UNSET = object()
+
+    def __init__(self, exe, jaxpr, in_avals, out_avals, consts):
         self.exe = exe
-        self.source = source
+        self.jaxpr = jaxpr
+        self.source = self._UNSET
         self.in_avals = in_avals
         self.out_avals = out_avals
         self.consts = [np.ascontiguousarray(c) if np.ndim(c) else np.asarray(c)[()]
                        for c in consts]
         self.calls = 0
         self.fast = None
-        # Compiled by an earlier process: loading it is cheap (but imports numba, ~0.5 s once),
-        # so switch as soon as the program is seen to be called repeatedly.
-        self.tier_at = min(SMALL_TIER_ON_DISK, SMALL_TIER_CALLS) if \
-            cache.compiled_on_disk(source) else SMALL_TIER_CALLS
+        self.on_disk_at = min(SMALL_TIER_ON_DISK, SMALL_TIER_CALLS)
+
+    def get_source(self):
+        if self.source is self._UNSET:
+            self.source = _small_program_source(self.jaxpr)
+        return self.source
 
     def __call__(self, *args):
         fast = self.fast
         if fast is not None:
             return fast(*args)
         self.calls += 1
-        if self.calls == self.tier_at:
-            self._tier_up(args)
+        calls = self.calls
+        if calls == self.on_disk_at or calls == SMALL_TIER_CALLS:
+            source = self.get_source()
+            if source is None:
+                # Outside what the numba generator handles: stop counting for good.
+                self.exe.fn = self.exe.slow_fn
+            # Compiled by an earlier process: loading it is cheap (but imports numba, ~0.5 s
+            # once), so switch as soon as the program is seen to be called repeatedly.
+            elif calls == SMALL_TIER_CALLS or cache.compiled_on_disk(source):
+                self.on_disk_at = -1
+                self._tier_up(args)
         return self.exe.slow_fn(*args)
 
     def _tier_up(self, args):
