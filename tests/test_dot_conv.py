@@ -17,13 +17,16 @@ from functrax.test_util import check_grads, check_vjp
 rng = np.random.default_rng(0)
 
 
-def _roundtrip(f, *args):
-    eager = f(*args)
-    closed = ft.make_jaxpr(f)(*args)
-    ft.typecheck_jaxpr(closed)
-    out = eval_jaxpr(closed.jaxpr, closed.consts, *args)[0]
-    np.testing.assert_allclose(np.asarray(out), np.asarray(eager), rtol=1e-12, atol=1e-12)
-    return eager
+def _roundtrip(backend, f, *args):
+    """f's value on `backend`; on the eager run also its jaxpr, typechecked and evaluated, which
+    must agree with f (the traced IR is the same for every back end: checked once)."""
+    out = backend(f)(*args)
+    if not backend.is_jit:
+        closed = ft.make_jaxpr(f)(*args)
+        ft.typecheck_jaxpr(closed)
+        traced = eval_jaxpr(closed.jaxpr, closed.consts, *args)[0]
+        np.testing.assert_allclose(np.asarray(traced), np.asarray(out), rtol=1e-12, atol=1e-12)
+    return out
 
 
 def _typecheck_transforms(f, *args):
@@ -35,8 +38,9 @@ def _typecheck_transforms(f, *args):
     ft.typecheck_jaxpr(ft.make_jaxpr(ft.vmap(f))(*[np.stack([a, a]) for a in args]))
 
 
-def _vmap_vs_loop(f, *args, in_axes=0, rtol=1e-10):
-    out = ft.vmap(f, in_axes=in_axes)(*args)
+def _vmap_vs_loop(backend, f, *args, in_axes=0, rtol=1e-10):
+    """vmap of f, run on `backend`, against a loop of eager calls."""
+    out = backend(ft.vmap(f, in_axes=in_axes))(*args)
     axes = in_axes if isinstance(in_axes, tuple) else (in_axes,) * len(args)
     n = next(a.shape[ax] for a, ax in zip(args, axes) if ax is not None)
     loop = np.stack([np.asarray(f(*[a if ax is None else np.take(a, i, ax)
@@ -84,17 +88,17 @@ def dot_problems(draw):
 
 
 @given(dot_problems())
-def test_dot_general_matches_einsum(problem):
+def test_dot_general_matches_einsum(backend, problem):
     lshape, rshape, dn, spec = problem
     x, y = rng.standard_normal(lshape), rng.standard_normal(rshape)
     f = lambda x, y: lax.dot_general(x, y, dn)
-    np.testing.assert_allclose(_roundtrip(f, x, y), np.einsum(spec, x, y), rtol=1e-12,
+    np.testing.assert_allclose(_roundtrip(backend, f, x, y), np.einsum(spec, x, y), rtol=1e-12,
                                atol=1e-12)
-    check_grads(f, (x, y), order=2)
+    check_grads(backend.jit(f), (x, y), order=2)
 
 
 @given(dot_problems(), st.sampled_from([(0, None), (None, 0), (0, 0), (-1, 1)]))
-def test_dot_general_vmap(problem, in_axes):
+def test_dot_general_vmap(backend, problem, in_axes):
     lshape, rshape, dn, _ = problem
     if in_axes[1] is not None:
         in_axes = (in_axes[0], min(in_axes[1], len(rshape)))
@@ -103,7 +107,7 @@ def test_dot_general_vmap(problem, in_axes):
     xs = np.stack([x, 2 * x, x - 1], axis=in_axes[0]) if in_axes[0] is not None else x
     ys = np.stack([y, y + 1, -y], axis=in_axes[1]) if in_axes[1] is not None else y
     f = lambda x, y: lax.dot_general(x, y, dn)
-    _vmap_vs_loop(f, xs, ys, in_axes=in_axes)
+    _vmap_vs_loop(backend, f, xs, ys, in_axes=in_axes)
 
 
 @pytest.mark.parametrize("dn", [
@@ -113,7 +117,7 @@ def test_dot_general_vmap(problem, in_axes):
     (((2,), (1,)), ((0,), (0,))),
     (((1, 2), (2, 0)), ((0,), (1,))),
 ])
-def test_dot_general_grads_and_ir(dn):
+def test_dot_general_grads_and_ir(dn, backend):
     shapes = {0: ((3, 4), (4, 2)), 1: ((4, 3), (4, 2)), 2: ((3, 4), (2, 4)),
               3: ((2, 3, 4), (2, 4, 5)), 4: ((2, 3, 4), (4, 2, 3))}
     lshape, rshape = shapes[[(((1,), (0,)), ((), ())), (((0,), (0,)), ((), ())),
@@ -121,7 +125,9 @@ def test_dot_general_grads_and_ir(dn):
                              (((1, 2), (2, 0)), ((0,), (1,)))].index(dn)]
     x, y = rng.standard_normal(lshape), rng.standard_normal(rshape)
     f = lambda x, y: lax.dot_general(x, y, dn)
-    check_grads(f, (x, y), order=2)
+    check_grads(backend.jit(f), (x, y), order=2)
+    if backend.is_jit:
+        return  # the rest checks the traced IR, the same for every back end
     _typecheck_transforms(f, x, y)
     # A plain matrix product differentiates to exactly two more dot_generals.
     if dn == (((1,), (0,)), ((), ())):
@@ -139,22 +145,31 @@ def test_dot_general_batching_is_one_primitive():
         assert len(closed.eqns) <= 2  # at most a transpose besides the product
 
 
-def test_dot_general_dtypes():
+def test_dot_general_dtypes(backend):
+    dot = backend(lax.dot)
     a32 = rng.standard_normal((3, 4)).astype(np.float32)
     b64 = rng.standard_normal((4, 2))
-    assert lax.dot(a32, b64).dtype == np.float64
-    assert lax.dot(a32, a32.T).dtype == np.float32
+    out = dot(a32, b64)
+    assert out.dtype == np.float64
+    np.testing.assert_allclose(out, a32.astype(np.float64) @ b64, rtol=1e-12)
+    out = dot(a32, a32.T)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, a32 @ a32.T, rtol=1e-5)
     i = np.arange(12, dtype=np.int32).reshape(3, 4)
-    assert lax.dot(i, i.T).dtype == np.int32
-    np.testing.assert_array_equal(lax.dot(i, i.T), i @ i.T)
-    out = lax.dot_general(i, i, (((1,), (1,)), ((), ())), preferred_element_type=np.float64)
+    out = dot(i, i.T)
+    assert out.dtype == np.int32
+    np.testing.assert_array_equal(out, i @ i.T)
+    out = backend(lambda a, b: lax.dot_general(a, b, (((1,), (1,)), ((), ())),
+                                               preferred_element_type=np.float64))(i, i)
     assert out.dtype == np.float64
     np.testing.assert_allclose(out, (i @ i.T).astype(np.float64))
     # Gradients come back in each operand's own dtype.
-    ga, gb = ft.grad(lambda a, b: lax.dot(a, b).sum(), argnums=(0, 1))(a32, b64)
+    ga, gb = backend(ft.grad(lambda a, b: lax.dot(a, b).sum(), argnums=(0, 1)))(a32, b64)
     assert ga.dtype == np.float32 and gb.dtype == np.float64
-    np.testing.assert_allclose(lax.batch_matmul(rng.standard_normal((2, 3, 4)),
-                                                np.ones((2, 4, 1))).shape, (2, 3, 1))
+    np.testing.assert_allclose(ga, np.ones((3, 2)) @ b64.T, rtol=1e-6)
+    np.testing.assert_allclose(gb, a32.T.astype(np.float64) @ np.ones((3, 2)), rtol=1e-12)
+    a, b = rng.standard_normal((2, 3, 4)), np.ones((2, 4, 1))
+    np.testing.assert_allclose(backend(lax.batch_matmul)(a, b), a @ b, rtol=1e-12)
 
 
 def test_dot_general_errors_name_op_and_line():
@@ -218,28 +233,30 @@ CONV_CASES = [
 
 
 @pytest.mark.parametrize("case", CONV_CASES)
-def test_conv_matches_reference(case):
+def test_conv_matches_reference(case, backend):
     lshape, rshape, strides, pads, ld, rd, g, bg = case
     x, w = rng.standard_normal(lshape), rng.standard_normal(rshape)
     f = lambda x, w: lax.conv_general_dilated(x, w, strides, pads, ld, rd,
                                               feature_group_count=g, batch_group_count=bg)
-    np.testing.assert_allclose(_roundtrip(f, x, w), ref_conv(x, w, strides, pads, ld, rd, g, bg),
-                               rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(_roundtrip(backend, f, x, w),
+                               ref_conv(x, w, strides, pads, ld, rd, g, bg), rtol=1e-10,
+                               atol=1e-10)
 
 
 @pytest.mark.parametrize("case", CONV_CASES)
-def test_conv_grads(case):
+def test_conv_grads(case, backend):
     lshape, rshape, strides, pads, ld, rd, g, bg = case
     x, w = rng.standard_normal(lshape), rng.standard_normal(rshape)
     f = lambda x, w: lax.conv_general_dilated(x, w, strides, pads, ld, rd,
                                               feature_group_count=g, batch_group_count=bg)
-    check_grads(f, (x, w), order=2)
-    _typecheck_transforms(f, x, w)
+    check_grads(backend.jit(f), (x, w), order=2)
+    if not backend.is_jit:  # the traced IR is the same for every back end: check it once
+        _typecheck_transforms(f, x, w)
 
 
 @pytest.mark.parametrize("case", CONV_CASES)
 @pytest.mark.parametrize("in_axes", [(0, None), (None, 0), (0, 0), (1, 3)])
-def test_conv_vmap(case, in_axes):
+def test_conv_vmap(case, in_axes, backend):
     lshape, rshape, strides, pads, ld, rd, g, bg = case
     if in_axes[1] == 3 and len(rshape) < 3:
         in_axes = (in_axes[0], 1)
@@ -249,18 +266,21 @@ def test_conv_vmap(case, in_axes):
         if in_axes[0] is not None else rng.standard_normal(lshape)
     ws = np.stack([rng.standard_normal(rshape) for _ in range(3)], in_axes[1]) \
         if in_axes[1] is not None else rng.standard_normal(rshape)
-    _vmap_vs_loop(f, xs, ws, in_axes=in_axes)
+    _vmap_vs_loop(backend, f, xs, ws, in_axes=in_axes)
+    if backend.is_jit:
+        return  # the rest checks the traced IR, the same for every back end
     closed = ft.make_jaxpr(ft.vmap(f, in_axes=in_axes))(xs, ws)
     ft.typecheck_jaxpr(closed)
     assert [e.primitive for e in closed.eqns].count(lax.conv_general_dilated_p) == 1
 
 
-def test_conv_layouts_and_string_padding():
+def test_conv_layouts_and_string_padding(backend):
     x = rng.standard_normal((2, 6, 5, 3))  # NHWC
     w = rng.standard_normal((3, 2, 3, 4))  # HWIO
     dn = ("NHWC", "HWIO", "NHWC")
     for padding in ["SAME", "VALID", "SAME_LOWER"]:
-        got = lax.conv_general_dilated(x, w, (2, 1), padding, dimension_numbers=dn)
+        got = backend(lambda x, w: lax.conv_general_dilated(x, w, (2, 1), padding,
+                                                            dimension_numbers=dn))(x, w)
         pads = lax.padtype_to_pads((6, 5), (3, 2), (2, 1), padding)
         expect = ref_conv(x.transpose(0, 3, 1, 2), w.transpose(3, 2, 0, 1), (2, 1), pads,
                           (1, 1), (1, 1)).transpose(0, 2, 3, 1)
@@ -272,44 +292,51 @@ def test_conv_layouts_and_string_padding():
     # Mixed output layout, checked with derivatives.
     f = lambda x, w: lax.conv_general_dilated(x, w, (1, 1), "SAME",
                                               dimension_numbers=("NHWC", "HWIO", "NCHW"))
-    assert f(x, w).shape == (2, 4, 6, 5)
-    check_grads(f, (x, w), order=2)
-    nchw = lax.conv(x.transpose(0, 3, 1, 2), w.transpose(3, 2, 0, 1), (1, 1), "SAME")
-    np.testing.assert_allclose(nchw, f(x, w), rtol=1e-12)
-    general = lax.conv_with_general_padding(x.transpose(0, 3, 1, 2), w.transpose(3, 2, 0, 1),
-                                            (1, 1), [(1, 1), (0, 1)], (1, 1), (1, 1))
+    mixed = backend(f)(x, w)
+    assert mixed.shape == (2, 4, 6, 5)
+    check_grads(backend.jit(f), (x, w), order=2)
+    xt, wt = x.transpose(0, 3, 1, 2), w.transpose(3, 2, 0, 1)
+    nchw = backend(lambda x, w: lax.conv(x, w, (1, 1), "SAME"))(xt, wt)
+    np.testing.assert_allclose(nchw, mixed, rtol=1e-12)
+    general = backend(lambda x, w: lax.conv_with_general_padding(
+        x, w, (1, 1), [(1, 1), (0, 1)], (1, 1), (1, 1)))(xt, wt)
     np.testing.assert_allclose(general, nchw, rtol=1e-12)
 
 
 @given(st.integers(1, 2), st.integers(1, 3), st.integers(1, 3), st.integers(3, 7),
        st.integers(1, 3), st.integers(1, 2), st.integers(1, 2),
        st.sampled_from(["SAME", "VALID"]))
-def test_conv_1d_hypothesis(n, c, o, width, k, stride, dilation, padding):
+def test_conv_1d_hypothesis(backend, n, c, o, width, k, stride, dilation, padding):
     x = rng.standard_normal((n, c, width))
     w = rng.standard_normal((o, c, k))
-    got = lax.conv_general_dilated(x, w, (stride,), padding, rhs_dilation=(dilation,))
+    got = backend(lambda x, w: lax.conv_general_dilated(x, w, (stride,), padding,
+                                                        rhs_dilation=(dilation,)))(x, w)
     pads = lax.padtype_to_pads((width,), ((k - 1) * dilation + 1,), (stride,), padding)
     np.testing.assert_allclose(got, ref_conv(x, w, (stride,), pads, (1,), (dilation,)),
                                rtol=1e-10, atol=1e-10)
 
 
-def test_conv_transpose_is_the_input_gradient():
+def test_conv_transpose_is_the_input_gradient(backend):
     x = rng.standard_normal((2, 7, 7, 3))  # NHWC
     w = rng.standard_normal((3, 3, 3, 4))  # HWIO
     dn = ("NHWC", "HWIO", "NHWC")
     for strides in [(1, 1), (2, 2)]:
-        f = lambda x: lax.conv_general_dilated(x, w, strides, "VALID", dimension_numbers=dn)
-        y, f_vjp = ft.vjp(f, x)
-        ct = rng.standard_normal(y.shape)
-        got = lax.conv_transpose(ct, w, strides, "VALID", dimension_numbers=dn,
-                                 transpose_kernel=True)
-        np.testing.assert_allclose(got, f_vjp(ct)[0], rtol=1e-10, atol=1e-10)
-    up = lax.conv_transpose(rng.standard_normal((1, 4, 4, 2)), rng.standard_normal((3, 3, 2, 5)),
-                            (2, 2), "SAME")
+        f = lambda x, w: lax.conv_general_dilated(x, w, strides, "VALID", dimension_numbers=dn)
+        ct = rng.standard_normal(f(x, w).shape)
+        got = backend(lambda ct, w: lax.conv_transpose(ct, w, strides, "VALID",
+                                                       dimension_numbers=dn,
+                                                       transpose_kernel=True))(ct, w)
+        grad_x = backend(lambda x, w, ct: ft.vjp(lambda x: f(x, w), x)[1](ct)[0])(x, w, ct)
+        np.testing.assert_allclose(got, grad_x, rtol=1e-10, atol=1e-10)
+    lhs, rhs = rng.standard_normal((1, 4, 4, 2)), rng.standard_normal((3, 3, 2, 5))
+    up = backend(lambda a, b: lax.conv_transpose(a, b, (2, 2), "SAME"))(lhs, rhs)
     assert up.shape == (1, 8, 8, 5)
+    # Stride 2 spreads the input pixels out with holes between them; the odd output pixels
+    # see one input pixel each, through the kernel's centre tap alone.
+    np.testing.assert_allclose(up[0, 1::2, 1::2], lhs[0] @ rhs[1, 1], rtol=1e-12)
 
 
-def test_per_example_gradients_of_a_conv_layer():
+def test_per_example_gradients_of_a_conv_layer(backend):
     xs = rng.standard_normal((4, 1, 6, 6, 2))  # 4 examples of a batch of 1, NHWC
     ys = rng.standard_normal((4, 1, 3, 3, 3))
     params = (rng.standard_normal((3, 3, 2, 3)), rng.standard_normal(3))
@@ -320,24 +347,32 @@ def test_per_example_gradients_of_a_conv_layer():
         h = lax.conv_general_dilated(x, k, (2, 2), "SAME", dimension_numbers=dn) + b
         return ((lax.tanh(h) - y) ** 2).sum()
 
-    per_ex = ft.vmap(ft.grad(loss), in_axes=(None, 0, 0))(params, xs, ys)
+    per_ex = backend(ft.vmap(ft.grad(loss), in_axes=(None, 0, 0)))(params, xs, ys)
+    one = backend(ft.grad(loss))
     for i in range(4):
         gk, gb = ft.grad(loss)(params, xs[i], ys[i])
         np.testing.assert_allclose(per_ex[0][i], gk, rtol=1e-10, atol=1e-12)
         np.testing.assert_allclose(per_ex[1][i], gb, rtol=1e-10, atol=1e-12)
+        for a, b in zip(one(params, xs[i], ys[i]), (gk, gb)):
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+    if backend.is_jit:
+        return  # the rest checks the traced IR, the same for every back end
     closed = ft.make_jaxpr(ft.vmap(ft.grad(loss), in_axes=(None, 0, 0)))(params, xs, ys)
     ft.typecheck_jaxpr(closed)
     # Forward, input gradient and kernel gradient: still three convolutions, no loop.
     assert [e.primitive for e in closed.eqns].count(lax.conv_general_dilated_p) <= 3
 
 
-def test_conv_second_order_through_tanh():
+def test_conv_second_order_through_tanh(backend):
     x = rng.standard_normal((1, 2, 4, 4))
     w = rng.standard_normal((2, 2, 2, 2))
     f = lambda x, w: lax.tanh(lax.conv_general_dilated(x, w, (1, 1), "SAME"))
-    check_grads(f, (x, w), order=2, modes=("rev",))
-    h = ft.hessian(lambda w: f(x, w).sum())(w)
+    check_grads(backend.jit(f), (x, w), order=2, modes=("rev",))
+    h = backend(ft.hessian(lambda w, x: f(x, w).sum()))(w, x)
     assert h.shape == w.shape * 2
+    np.testing.assert_allclose(h, ft.hessian(lambda w: f(x, w).sum())(w), rtol=1e-10,
+                               atol=1e-12)
+    np.testing.assert_allclose(h.reshape(16, 16), h.reshape(16, 16).T, rtol=1e-10, atol=1e-12)
 
 
 def test_conv_errors_name_op_and_line():
@@ -405,7 +440,7 @@ def _canonical(x, window, strides, padding, bd, wd):
 
 @pytest.mark.parametrize("kind", list(KINDS))
 @pytest.mark.parametrize("case", WINDOW_CASES)
-def test_reduce_window_matches_reference_and_grads(kind, case):
+def test_reduce_window_matches_reference_and_grads(kind, case, backend):
     window, strides, padding, bd, wd = case
     op, init, npop = KINDS[kind]
     x = _distinct((2, 6, 7, 3))
@@ -413,70 +448,77 @@ def test_reduce_window_matches_reference_and_grads(kind, case):
     pads, bd_, wd_ = _canonical(x, window, strides, padding, bd, wd)
     expect = ref_reduce_window(x, init, npop, window, strides, pads, bd_, wd_)
     # atol: a window of sums can cancel to exactly 0 in one summation order and not another.
-    np.testing.assert_allclose(_roundtrip(f, x), expect, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(_roundtrip(backend, f, x), expect, rtol=1e-12, atol=1e-12)
     if np.isfinite(expect).all():
-        check_grads(f, (x,), order=2)
-    _typecheck_transforms(f, x)
+        check_grads(backend.jit(f), (x,), order=2)
     xs = _distinct((3,) + x.shape)
-    _vmap_vs_loop(f, xs)
-    _vmap_vs_loop(f, np.moveaxis(xs, 0, 2), in_axes=2)
+    _vmap_vs_loop(backend, f, xs)
+    _vmap_vs_loop(backend, f, np.moveaxis(xs, 0, 2), in_axes=2)
     gf = ft.grad(lambda x: (f(x) ** 2).sum())
-    _vmap_vs_loop(gf, xs)
-    ft.typecheck_jaxpr(ft.make_jaxpr(ft.grad(lambda x: gf(x).sum()))(x))
+    _vmap_vs_loop(backend, gf, xs)
+    if not backend.is_jit:  # the traced IR is the same for every back end: check it once
+        _typecheck_transforms(f, x)
+        ft.typecheck_jaxpr(ft.make_jaxpr(ft.grad(lambda x: gf(x).sum()))(x))
 
 
-def test_max_pool_gradient_goes_to_first_max():
+def test_max_pool_gradient_goes_to_first_max(backend):
     x = np.array([[1.0, 3.0, 3.0, 0.0],
                   [3.0, 2.0, 0.0, 0.0],
                   [5.0, 5.0, 1.0, 2.0],
                   [5.0, 5.0, 2.0, 1.0]])
-    g = ft.grad(lambda x: lax.reduce_window(x, -np.inf, lax.max, (2, 2), (2, 2),
-                                            "VALID").sum())(x)
+    g = backend(ft.grad(lambda x: lax.reduce_window(x, -np.inf, lax.max, (2, 2), (2, 2),
+                                                    "VALID").sum()))(x)
     np.testing.assert_array_equal(g, [[0, 1, 1, 0], [0, 0, 0, 0], [1, 0, 0, 1], [0, 0, 0, 0]])
     # Overlapping windows: each window sends its cotangent to its own first maximum.
-    g = ft.grad(lambda x: lax.reduce_window(x, -np.inf, lax.max, (2, 2), (1, 1),
-                                            "VALID").sum())(x)
+    g = backend(ft.grad(lambda x: lax.reduce_window(x, -np.inf, lax.max, (2, 2), (1, 1),
+                                                    "VALID").sum()))(x)
     np.testing.assert_array_equal(g, [[0, 2, 1, 0], [0, 0, 0, 0], [2, 2, 0, 2],
                                       [0, 0, 0, 0]])
     # The tangent picked out by forward mode agrees.
     t = rng.standard_normal(x.shape)
-    _, jt = ft.jvp(lambda x: lax.reduce_window(x, -np.inf, lax.max, (2, 2), (2, 2), "VALID"),
-                   (x,), (t,))
+    pool = lambda x: lax.reduce_window(x, -np.inf, lax.max, (2, 2), (2, 2), "VALID")
+    _, jt = backend(lambda x, t: ft.jvp(pool, (x,), (t,)))(x, t)
     np.testing.assert_array_equal(jt, [[t[0, 1], t[0, 2]], [t[2, 0], t[2, 3]]])
 
 
-def test_reduce_window_computation_forms_and_init_values():
+def test_reduce_window_computation_forms_and_init_values(backend):
     x = _distinct((5, 6))
     import functrax.numpy as fnp
-    ref = lax.reduce_window(x, -np.inf, lax.max, (2, 3), (1, 2), "SAME")
+    ref = ref_reduce_window(x, -np.inf, np.maximum, (2, 3), (1, 2),
+                            lax.padtype_to_pads(x.shape, (2, 3), (1, 2), "SAME"), (1, 1), (1, 1))
     for comp in ["max", fnp.maximum, lambda a, b: lax.max(a, b)]:
-        np.testing.assert_array_equal(lax.reduce_window(x, -np.inf, comp, (2, 3), (1, 2),
-                                                        "SAME"), ref)
-    closed = ft.make_jaxpr(lambda x: lax.reduce_window(x, 0.0, fnp.add, (2, 2), (1, 1),
-                                                       "VALID"))(x)
-    assert [e.primitive for e in closed.eqns] == [lax.reduce_window_sum_p]
+        np.testing.assert_array_equal(
+            backend(lambda x: lax.reduce_window(x, -np.inf, comp, (2, 3), (1, 2), "SAME"))(x),
+            ref)
+    if not backend.is_jit:  # the traced IR is the same for every back end: check it once
+        closed = ft.make_jaxpr(lambda x: lax.reduce_window(x, 0.0, fnp.add, (2, 2), (1, 1),
+                                                           "VALID"))(x)
+        assert [e.primitive for e in closed.eqns] == [lax.reduce_window_sum_p]
     # A non-neutral init value fills the padding and joins every window (0.525 is off the
     # data's 0.05 grid, so no window ties with it and finite differences are meaningful).
-    got = lax.reduce_window(x, 1.0, lax.add, (2, 2), (1, 1), "SAME")
+    got = backend(lambda x: lax.reduce_window(x, 1.0, lax.add, (2, 2), (1, 1), "SAME"))(x)
     expect = ref_reduce_window(x, 1.0, np.add, (2, 2), (1, 1), [(0, 1), (0, 1)], (1, 1),
                                (1, 1))
     np.testing.assert_allclose(got, expect)
-    check_grads(lambda x: lax.reduce_window(x, 0.525, lax.max, (2, 2), (1, 1), "SAME"), (x,),
-                order=1)
+    check_grads(backend.jit(lambda x: lax.reduce_window(x, 0.525, lax.max, (2, 2), (1, 1),
+                                                        "SAME")), (x,), order=1)
     # Any other computation: a product pool, differentiable through its multiplications.
     prod = lambda x: lax.reduce_window(x, 1.0, lax.mul, (2, 2), (2, 2), "VALID")
-    np.testing.assert_allclose(prod(x), ref_reduce_window(x, 1.0, np.multiply, (2, 2), (2, 2),
-                                                          [(0, 0), (0, 0)], (1, 1), (1, 1)))
-    check_grads(prod, (x,), order=2)
+    np.testing.assert_allclose(backend(prod)(x),
+                               ref_reduce_window(x, 1.0, np.multiply, (2, 2), (2, 2),
+                                                 [(0, 0), (0, 0)], (1, 1), (1, 1)))
+    check_grads(backend.jit(prod), (x,), order=2)
     # A pytree of operands (sum and max at once).
-    s, m = lax.reduce_window((x, x), (0.0, -np.inf),
-                             lambda a, b: (lax.add(a[0], b[0]), lax.max(a[1], b[1])),
-                             (2, 2), (2, 2), "VALID")
-    np.testing.assert_allclose(s, lax.reduce_window(x, 0.0, "add", (2, 2), (2, 2), "VALID"))
-    np.testing.assert_allclose(m, lax.reduce_window(x, -np.inf, "max", (2, 2), (2, 2), "VALID"))
+    s, m = backend(lambda x: lax.reduce_window(
+        (x, x), (0.0, -np.inf), lambda a, b: (lax.add(a[0], b[0]), lax.max(a[1], b[1])),
+        (2, 2), (2, 2), "VALID"))(x)
+    blocks = x[:4].reshape(2, 2, 3, 2)  # the VALID 2x2 windows; the last row is left over
+    np.testing.assert_allclose(s, blocks.sum(axis=(1, 3)), rtol=1e-12)
+    np.testing.assert_allclose(m, blocks.max(axis=(1, 3)))
     # Integer operands use the dtype's extreme as the neutral element.
     xi = np.arange(24, dtype=np.int32).reshape(4, 6)
-    mi = lax.reduce_window(xi, np.iinfo(np.int32).min, lax.max, (2, 2), (2, 2), "VALID")
+    mi = backend(lambda xi: lax.reduce_window(xi, np.iinfo(np.int32).min, lax.max, (2, 2),
+                                              (2, 2), "VALID"))(xi)
     assert mi.dtype == np.int32
     np.testing.assert_array_equal(mi, xi.reshape(2, 2, 3, 2).max(axis=(1, 3)))
 
@@ -488,7 +530,7 @@ def test_reduce_window_errors_name_op_and_line():
         lax.reduce_window(np.ones((4, 4)), 0.0, "median", (2, 2), (2, 2), "VALID")
 
 
-def test_convnet_step_shapes_and_grads():
+def test_convnet_step_shapes_and_grads(backend):
     """The benchmark's ConvNet, tiny: conv-relu-pool twice, dense; grad and per-example grad."""
     import functrax.numpy as fnp
     dn = ("NHWC", "HWIO", "NHWC")
@@ -507,8 +549,8 @@ def test_convnet_step_shapes_and_grads():
 
     # Reverse mode against forward mode (both exact, so ReLU kinks and near-ties in the pools
     # cannot upset a finite difference).
-    check_vjp(lambda *p: loss(list(p), x), tuple(p))
-    per_ex = ft.vmap(ft.grad(loss), in_axes=(None, 0))(p, x[:, None])
+    check_vjp(backend.jit(lambda *p: loss(list(p), x)), tuple(p))
+    per_ex = backend(ft.vmap(ft.grad(loss), in_axes=(None, 0)))(p, x[:, None])
     for i in range(3):
         gi = ft.grad(loss)(p, x[i:i + 1])
         for a, b in zip(per_ex, gi):
@@ -517,15 +559,15 @@ def test_convnet_step_shapes_and_grads():
 
 @pytest.mark.parametrize("window,strides", list(itertools.product([(2, 2), (3, 2)],
                                                                   [(1, 1), (2, 2)])))
-def test_select_and_scatter_is_transpose_of_gather(window, strides):
+def test_select_and_scatter_is_transpose_of_gather(window, strides, backend):
     from functrax.lax.windowed import select_and_gather_add_p, select_and_scatter_add_p
     x = rng.standard_normal((5, 6))
     params = dict(select="max", window_dimensions=window, window_strides=strides,
                   padding=((0, 1), (1, 0)), base_dilation=(1, 1), window_dilation=(1, 1))
     t = rng.standard_normal(x.shape)
-    g = select_and_gather_add_p.bind(t, x, **params)
+    g = backend(lambda t, x: select_and_gather_add_p.bind(t, x, **params))(t, x)
     u = rng.standard_normal(g.shape)
-    s = select_and_scatter_add_p.bind(u, x, **params)
+    s = backend(lambda u, x: select_and_scatter_add_p.bind(u, x, **params))(u, x)
     np.testing.assert_allclose(np.vdot(u, g), np.vdot(s, t), rtol=1e-12)
 
 
@@ -568,7 +610,7 @@ PATH_CASES = [
 
 @pytest.mark.parametrize("case", PATH_CASES)
 @pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
-def test_conv_impl_paths_match_reference(case, layout, monkeypatch):
+def test_conv_impl_paths_match_reference(case, layout, monkeypatch, backend):
     xs, ws, strides, rd = case
     monkeypatch.setattr(_conv_mod, "_ROW_MIN_DEPTH", 1)
     monkeypatch.setattr(_conv_mod, "_ROW_MIN_ROWS", 1)
@@ -587,15 +629,14 @@ def test_conv_impl_paths_match_reference(case, layout, monkeypatch):
         f = lambda x, w: lax.conv_general_dilated(x, w, strides, "SAME", rhs_dilation=rd,
                                                   dimension_numbers=dn)
         xin, win = x.transpose(xperm), w.transpose(wperm)
-        y = f(xin, win)
+        y = backend(f)(xin, win)
         assert y.dtype == dtype
         np.testing.assert_allclose(y.transpose(xback), _nhwc_ref(x, w, pads, strides, rd),
                                    rtol=tol, atol=tol)
         # Both cotangents are convolutions too (input and kernel gradient): check them through
         # <ct, f(x, t)> = <ct, df/dw t> and the same for x, with f from the reference.
         ct = rng.standard_normal(y.shape).astype(dtype)
-        _, vjp = ft.vjp(f, xin, win)
-        gx, gw = vjp(ct)
+        gx, gw = backend(lambda x, w, ct: ft.vjp(f, x, w)[1](ct))(xin, win, ct)
         gx, gw, ct = gx.transpose(xback), gw.transpose(wback), ct.transpose(xback)
         tx, tw = rng.standard_normal(xs), rng.standard_normal(ws)
         np.testing.assert_allclose(np.vdot(gw, tw), np.vdot(ct, _nhwc_ref(x, tw, pads, strides,
@@ -606,7 +647,7 @@ def test_conv_impl_paths_match_reference(case, layout, monkeypatch):
                                    rtol=50 * tol)
 
 
-def test_conv_impl_paths_are_taken(monkeypatch):
+def test_conv_impl_paths_are_taken(monkeypatch, backend):
     """The W6 shapes, scaled down: each specialised product runs where it is meant to."""
     monkeypatch.setattr(_conv_mod, "_ROW_MIN_ROWS", 1)
     monkeypatch.setattr(_conv_mod, "_SLAB_MIN_ROWS", 1)
@@ -621,7 +662,7 @@ def test_conv_impl_paths_are_taken(monkeypatch):
         h = lax.conv_general_dilated(x, k1, (1, 1), "SAME", dimension_numbers=dn)
         h = lax.conv_general_dilated(lax.tanh(h), k2, (1, 1), "SAME", dimension_numbers=dn)
         return (h ** 2).sum()
-    g1, g2 = ft.jit(ft.grad(loss, argnums=(0, 1)))(k1, k2)
+    g1, g2 = backend(ft.grad(loss, argnums=(0, 1)))(k1, k2)
     assert len(calls["_patch_product"]) >= 1    # first layer: one input channel
     assert len(calls["_row_product"]) >= 2      # second layer forward and input gradient
     assert len(calls["_slab_product"]) >= 1     # kernel gradients
@@ -655,7 +696,8 @@ POOL_CASES = [
 @pytest.mark.parametrize("shape,window", POOL_CASES)
 @pytest.mark.parametrize("select", ["max", "min"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int32])
-def test_tiled_pool_gradient_matches_general_path(shape, window, select, dtype, monkeypatch):
+def test_tiled_pool_gradient_matches_general_path(shape, window, select, dtype, monkeypatch,
+                                                  backend):
     # Few distinct values: many ties, which must go to the first element of the window.
     operand = rng.integers(-2, 3, shape).astype(dtype)
     out_shape = tuple(d // w for d, w in zip(shape, window))
@@ -666,11 +708,18 @@ def test_tiled_pool_gradient_matches_general_path(shape, window, select, dtype, 
     params = dict(select=select, window_dimensions=window, window_strides=window,
                   padding=((0, 0),) * len(shape), base_dilation=(1,) * len(shape),
                   window_dilation=(1,) * len(shape))
+    expect = _first_choice_scatter(source, operand, window, select)
+    # The primitive as the back end runs it (eagerly: the impl with its fast path).
+    got = backend(lambda s, o: _win_mod.select_and_scatter_add_p.bind(s, o, **params))(
+        source, operand)
+    assert got.dtype == dtype
+    np.testing.assert_array_equal(got, expect)
+    if backend.is_jit:
+        return  # the rest compares the impl's two code paths, which only eager mode runs
     scatter = _win_mod.select_and_scatter_add_p.impl
     fast = scatter(source, operand, **params)
     monkeypatch.setattr(_win_mod, "_TILED_FAST_PATH", False)
     general = scatter(source, operand, **params)
-    expect = _first_choice_scatter(source, operand, window, select)
     assert fast.dtype == general.dtype == dtype
     np.testing.assert_array_equal(fast, expect)
     np.testing.assert_array_equal(general, expect)

@@ -20,6 +20,12 @@ def _jaxpr_eval(f, *args):
     return eval_jaxpr(closed.jaxpr, closed.consts, *args)[0]
 
 
+def _traced(backend, f, *args):
+    """f run traced: eagerly its jaxpr, typechecked and evaluated by the primitives' impls;
+    on a jit back end the jitted f (which traces the same jaxpr and lowers it)."""
+    return backend(f)(*args) if backend.is_jit else _jaxpr_eval(f, *args)
+
+
 # ---------------------------------------------------------------------------------------------
 # Index strategies: basic pieces, integer arrays, masks, None and Ellipsis
 
@@ -64,18 +70,18 @@ def array_and_index(draw):
 
 
 @given(array_and_index())
-def test_getitem_matches_numpy(case):
+def test_getitem_matches_numpy(backend, case):
     shape, index = case
     x = rng.standard_normal(shape)
     expect = x[index]
     f = lambda x: getitem(x, index)
-    out = _jaxpr_eval(f, x)
+    out = _traced(backend, f, x)
     np.testing.assert_allclose(np.asarray(out), expect)
     assert out.shape == expect.shape
 
 
 @given(array_and_index())
-def test_at_get_set_add_match_numpy(case):
+def test_at_get_set_add_match_numpy(backend, case):
     shape, index = case
     x = rng.standard_normal(shape)
     target = x[index]
@@ -86,7 +92,7 @@ def test_at_get_set_add_match_numpy(case):
             expect[index] = v
         else:
             ufunc.at(expect, index, v)
-        traced = _jaxpr_eval(lambda x, v: index_update(x, index, v, mode), x, v)
+        traced = _traced(backend, lambda x, v: index_update(x, index, v, mode), x, v)
         eager = index_update(x, index, v, mode)
         if mode != "set" or _unique(shape, index):
             np.testing.assert_allclose(np.asarray(traced), expect)
@@ -98,7 +104,7 @@ def _unique(shape, index):
     return len(np.unique(pos)) == np.size(pos)
 
 
-def test_getitem_basic_cases():
+def test_getitem_basic_cases(backend):
     x = np.arange(24.0).reshape(2, 3, 4)
     cases = [(0,), (-1, slice(None, None, -1)), (Ellipsis, 1), (None, 0, Ellipsis, None),
              (slice(None), [2, 0]), ([1, 0], slice(None), [3, 3]),
@@ -106,99 +112,114 @@ def test_getitem_basic_cases():
              (x[..., 0] > 5,), (slice(None), np.array([True, False, True])),
              ([0, 1], True), (slice(1, None, 2), Ellipsis, slice(None, None, -2)), ()]
     for index in cases:
-        out = _jaxpr_eval(lambda x: getitem(x, index), x)
+        out = _traced(backend, lambda x: getitem(x, index), x)
         np.testing.assert_allclose(np.asarray(out), x[index], err_msg=str(index))
 
 
-def test_getitem_traced_integer_scalar_uses_dynamic_slice():
+def test_getitem_traced_integer_scalar_uses_dynamic_slice(backend):
     x = np.arange(12.0).reshape(3, 4)
     f = lambda x, i: getitem(x, (i, slice(1, None)))
     closed = ft.make_jaxpr(f)(x, np.int64(-1))
     assert "dynamic_slice" in str(closed) and "gather" not in str(closed)
+    run = backend(f) if backend.is_jit else \
+        (lambda x, i: eval_jaxpr(closed.jaxpr, closed.consts, x, i)[0])
     for i in range(-3, 3):
-        np.testing.assert_allclose(eval_jaxpr(closed.jaxpr, closed.consts, x, np.int64(i))[0],
-                                   x[i, 1:])
+        np.testing.assert_allclose(run(x, np.int64(i)), x[i, 1:])
 
 
-def test_getitem_grads_and_vmap():
+def test_getitem_grads_and_vmap(backend):
     x = rng.standard_normal((4, 3))
     idx = np.array([0, 2, 2, -1])
     f = lambda x: getitem(x, (idx, slice(None, None, -1)))
-    check_grads(f, (x,), order=2)
-    ft.typecheck_jaxpr(ft.make_jaxpr(ft.grad(lambda x: (f(x) ** 2).sum()))(x))
+    check_grads(backend.jit(f), (x,), order=2)
+    if not backend.is_jit:  # the traced IR is the same for every back end: check it once
+        ft.typecheck_jaxpr(ft.make_jaxpr(ft.grad(lambda x: (f(x) ** 2).sum()))(x))
     # Batched integer index array (operand shared), batched operand, and both.
     bidx = np.array([[0, 3], [1, 1], [-1, 2]])
     xs = rng.standard_normal((3, 4, 3))
     g = lambda x, i: getitem(x, i)
-    np.testing.assert_allclose(ft.vmap(g, in_axes=(None, 0))(x, bidx),
+    np.testing.assert_allclose(backend(ft.vmap(g, in_axes=(None, 0)))(x, bidx),
                                np.stack([x[i] for i in bidx]))
-    np.testing.assert_allclose(ft.vmap(g, in_axes=(0, None))(xs, idx),
+    np.testing.assert_allclose(backend(ft.vmap(g, in_axes=(0, None)))(xs, idx),
                                np.stack([a[idx] for a in xs]))
-    np.testing.assert_allclose(ft.vmap(g)(xs, bidx), np.stack([a[i] for a, i in zip(xs, bidx)]))
+    np.testing.assert_allclose(backend(ft.vmap(g))(xs, bidx),
+                               np.stack([a[i] for a, i in zip(xs, bidx)]))
     # A batched traced scalar index.
-    np.testing.assert_allclose(ft.vmap(g, in_axes=(None, 0))(x, np.array([0, -1, 2])),
+    np.testing.assert_allclose(backend(ft.vmap(g, in_axes=(None, 0)))(x, np.array([0, -1, 2])),
                                x[[0, -1, 2]])
-    check_grads(lambda x: ft.vmap(g, in_axes=(None, 0))(x, bidx), (x,), order=2)
+    check_grads(backend.jit(lambda x: ft.vmap(g, in_axes=(None, 0))(x, bidx)), (x,), order=2)
 
 
-def test_at_updates_accumulate_and_never_mutate():
+def test_at_updates_accumulate_and_never_mutate(backend):
     x = fnp.zeros(4)
     before = np.array(x)
-    y = x.at[np.array([1, 1, 3, 1])].add(1.0)
+    idx = np.array([1, 1, 3, 1])
+    # The indices go in as arguments too, so a jit back end sees them as traced values.
+    y = backend(lambda x, i: x.at[i].add(1.0))(x, idx)
     np.testing.assert_allclose(y, [0, 3, 0, 1])
     np.testing.assert_allclose(x, before)
-    np.testing.assert_allclose(x.at[np.array([2, 2])].mul(3.0), x)
-    z = fnp.ones(3).at[np.array([0, 0])].mul(np.array([2.0, 5.0]))
+    np.testing.assert_allclose(backend(lambda x: x.at[np.array([2, 2])].mul(3.0))(x), x)
+    np.testing.assert_allclose(x, before)
+    z = backend(lambda o, u: o.at[np.array([0, 0])].mul(u))(fnp.ones(3), np.array([2.0, 5.0]))
     np.testing.assert_allclose(z, [10, 1, 1])
-    np.testing.assert_allclose(fnp.zeros(3).at[np.array([0, 0])].min(np.array([-2.0, -5.0])),
-                               [-5, 0, 0])
-    # Traced: same accumulation, and the traced input is not changed either.
-    f = lambda x: index_update(x, np.array([1, 1, 3, 1]), 1.0, "add")
-    np.testing.assert_allclose(_jaxpr_eval(f, before), [0, 3, 0, 1])
+    np.testing.assert_allclose(
+        backend(lambda o, u: o.at[np.array([0, 0])].min(u))(fnp.zeros(3), np.array([-2.0, -5.0])),
+        [-5, 0, 0])
+    # Traced: same accumulation, and the traced (numpy) input is not changed either.
+    f = lambda x: index_update(x, idx, 1.0, "add")
+    np.testing.assert_allclose(_traced(backend, f, before), [0, 3, 0, 1])
+    np.testing.assert_allclose(before, np.zeros(4))
     xs = np.arange(3.0)
-    _ = ft.vmap(lambda a: index_update(a, 0, 9.0, "set"))(np.stack([xs, xs]))
+    stacked = np.stack([xs, xs])
+    out = backend(ft.vmap(lambda a: index_update(a, 0, 9.0, "set")))(stacked)
+    np.testing.assert_allclose(out, [[9, 1, 2], [9, 1, 2]])
     np.testing.assert_allclose(xs, [0, 1, 2])
+    np.testing.assert_allclose(stacked, [[0, 1, 2], [0, 1, 2]])
 
 
 @pytest.mark.parametrize("mode", ["set", "add", "mul", "min", "max"])
-def test_at_update_grads_with_repeated_indices(mode):
+def test_at_update_grads_with_repeated_indices(mode, backend):
     x = np.array([1.0, -2.0, 3.0, 0.5])
     u = np.array([0.7, -1.5, 2.0, 4.0])
     idx = np.array([0, 0, 2, 0])
     f = lambda x, u: index_update(x, idx, u, mode)
-    check_grads(f, (x, u), order=2)
-    ft.typecheck_jaxpr(ft.make_jaxpr(ft.grad(lambda x, u: (f(x, u) ** 2).sum(), (0, 1)))(x, u))
+    check_grads(backend.jit(f), (x, u), order=2)
+    if not backend.is_jit:  # the traced IR is the same for every back end: check it once
+        ft.typecheck_jaxpr(ft.make_jaxpr(ft.grad(lambda x, u: (f(x, u) ** 2).sum(),
+                                                 (0, 1)))(x, u))
     # vmap with batched operand, batched updates, and batched indices against a loop.
     xs, us = np.stack([x, x * 2]), np.stack([u, -u])
     bidx = np.array([[0, 0, 2, 0], [3, 1, 1, 1]])
-    out = ft.vmap(lambda x, u, i: index_update(x, i, u, mode))(xs, us, bidx)
+    out = backend(ft.vmap(lambda x, u, i: index_update(x, i, u, mode)))(xs, us, bidx)
     loop = np.stack([np.asarray(index_update(a, i, b, mode)) for a, b, i in zip(xs, us, bidx)])
     np.testing.assert_allclose(out, loop)
 
 
-def test_at_set_with_batched_index():
-    out = ft.vmap(lambda i: index_update(np.zeros(3), i, 5.0, "set"))(np.array([0, 2, -1]))
+def test_at_set_with_batched_index(backend):
+    out = backend(ft.vmap(lambda i: index_update(np.zeros(3), i, 5.0, "set")))(
+        np.array([0, 2, -1]))
     np.testing.assert_allclose(out, [[5, 0, 0], [0, 0, 5], [0, 0, 5]])
-    out = ft.vmap(lambda x, i: index_update(x, (i, slice(None)), 1.0, "add"),
-                  in_axes=(None, 0))(np.zeros((2, 2)), np.array([1, 0]))
+    out = backend(ft.vmap(lambda x, i: index_update(x, (i, slice(None)), 1.0, "add"),
+                          in_axes=(None, 0)))(np.zeros((2, 2)), np.array([1, 0]))
     np.testing.assert_allclose(out, [[[0, 0], [1, 1]], [[1, 1], [0, 0]]])
 
 
-def test_scalar_updates_and_mul_with_zeros_grad():
+def test_scalar_updates_and_mul_with_zeros_grad(backend):
     x = np.array([2.0, 3.0])
     u = np.array([0.0, 4.0, 0.0])
     idx = np.array([1, 1, 0])
+    f = backend.jit(lambda x, u: index_update(x, idx, u, "mul"))
     # First derivatives are exact at zero updates; second ones only away from them.
-    check_grads(lambda x, u: index_update(x, idx, u, "mul"), (x, u), order=1)
+    check_grads(f, (x, u), order=1)
     u = np.array([-1.5, 4.0, 5.0])
-    check_grads(lambda x, u: index_update(x, idx, u, "mul"), (x, u), order=2)
+    check_grads(f, (x, u), order=2)
 
 
 # ---------------------------------------------------------------------------------------------
 # gather / scatter directly
 
 
-def test_gather_with_batching_dims_and_fill_mode():
+def test_gather_with_batching_dims_and_fill_mode(backend):
     x = rng.standard_normal((3, 5, 2))
     idx = np.array([[[1], [4]], [[0], [0]], [[3], [2]]])  # (3, 2, 1): per-batch rows
     dn = lax.GatherDimensionNumbers(offset_dims=(2,), collapsed_slice_dims=(1,),
@@ -206,52 +227,59 @@ def test_gather_with_batching_dims_and_fill_mode():
                                     start_indices_batching_dims=(0,))
     f = lambda x: lax.gather(x, idx, dn, (1, 1, 2))
     expect = np.stack([x[b, idx[b, :, 0]] for b in range(3)])
-    np.testing.assert_allclose(_jaxpr_eval(f, x), expect)
-    check_grads(f, (x,), order=2)
+    np.testing.assert_allclose(_traced(backend, f, x), expect)
+    check_grads(backend.jit(f), (x,), order=2)
     dn1 = lax.GatherDimensionNumbers((), (0,), (0,))
-    out = lax.gather(np.arange(4.0), np.array([[1], [7], [-1]]), dn1, (1,), mode="fill")
+    # The indices are arguments: a jit back end checks the bounds at run time.
+    gather = lambda mode: backend(lambda x, i: lax.gather(x, i, dn1, (1,), mode=mode))
+    out = gather("fill")(np.arange(4.0), np.array([[1], [7], [-1]]))
     np.testing.assert_allclose(out, [1, np.nan, np.nan])
-    out = lax.gather(np.arange(4.0), np.array([[1], [7], [-1]]), dn1, (1,), mode="clip")
+    out = gather("clip")(np.arange(4.0), np.array([[1], [7], [-1]]))
     np.testing.assert_allclose(out, [1, 3, 0])
-    g = ft.grad(lambda x: lax.gather(x, np.array([[1], [7]]), dn1, (1,), mode="fill",
-                                     fill_value=0.0).sum())(np.arange(4.0))
+    g = backend(ft.grad(lambda x, i: lax.gather(x, i, dn1, (1,), mode="fill",
+                                                fill_value=0.0).sum()))(
+        np.arange(4.0), np.array([[1], [7]]))
     np.testing.assert_allclose(g, [0, 1, 0, 0])
 
 
-def test_gather_transpose_is_scatter_add():
+def test_gather_transpose_is_scatter_add(backend):
     x = rng.standard_normal((4, 3))
     dn = lax.GatherDimensionNumbers((1,), (0,), (0,))
     f = lambda x: lax.gather(x, np.array([[1], [1], [3]]), dn, (1, 3))
     closed = ft.make_jaxpr(ft.grad(lambda x: f(x).sum()))(x)
     ft.typecheck_jaxpr(closed)
     assert "scatter_add" in str(closed)
-    np.testing.assert_allclose(ft.grad(lambda x: f(x).sum())(x),
+    np.testing.assert_allclose(backend(ft.grad(lambda x: f(x).sum()))(x),
                                np.array([[0] * 3, [2] * 3, [0] * 3, [1] * 3]))
 
 
-def test_scatter_window_and_drop_mode():
+def test_scatter_window_and_drop_mode(backend):
     x = np.zeros((4, 3))
     dn = lax.ScatterDimensionNumbers(update_window_dims=(1,), inserted_window_dims=(0,),
                                      scatter_dims_to_operand_dims=(0,))
     upd = np.arange(6.0).reshape(2, 3)
-    out = lax.scatter_add(x, np.array([[2], [9]]), upd, dn)  # 9 is dropped
+    # The indices are arguments: a jit back end drops or clips them at run time.
+    scatter_add = lambda mode: backend(lambda x, i, u: lax.scatter_add(x, i, u, dn, mode=mode))
+    out = scatter_add(None)(x, np.array([[2], [9]]), upd)  # 9 is dropped
     expect = np.zeros((4, 3))
     expect[2] = upd[0]
     np.testing.assert_allclose(out, expect)
-    out = lax.scatter_add(x, np.array([[2], [9]]), upd, dn, mode="clip")
+    out = scatter_add("clip")(x, np.array([[2], [9]]), upd)
     expect[3] = upd[1]
     np.testing.assert_allclose(out, expect)
+    np.testing.assert_allclose(x, np.zeros((4, 3)))
     f = lambda x, u: lax.scatter_max(x, np.array([[1], [1]]), u, dn)
-    check_grads(f, (rng.standard_normal((4, 3)), rng.standard_normal((2, 3))), order=2)
+    check_grads(backend.jit(f), (rng.standard_normal((4, 3)), rng.standard_normal((2, 3))),
+                order=2)
     for p in [lax.scatter, lax.scatter_add, lax.scatter_mul, lax.scatter_min, lax.scatter_max]:
         g = lambda x, u, i: p(x, i, u, dn)
         xs = rng.standard_normal((2, 4, 3))
         us = rng.standard_normal((2, 2, 3))
         ids = np.array([[[0], [3]], [[2], [1]]])
-        out = ft.vmap(g)(xs, us, ids)
+        out = backend(ft.vmap(g))(xs, us, ids)
         loop = np.stack([np.asarray(g(a, b, c)) for a, b, c in zip(xs, us, ids)])
         np.testing.assert_allclose(out, loop)
-        out = ft.vmap(g, in_axes=(0, 0, None))(xs, us, ids[0])
+        out = backend(ft.vmap(g, in_axes=(0, 0, None)))(xs, us, ids[0])
         loop = np.stack([np.asarray(g(a, b, ids[0])) for a, b in zip(xs, us)])
         np.testing.assert_allclose(out, loop)
 
@@ -296,48 +324,63 @@ def test_mask_under_grad_is_concrete():
 
 
 @given(st.integers(0, 2), st.integers(1, 3))
-def test_take_and_take_along_axis(axis, n):
+def test_take_and_take_along_axis(backend, axis, n):
     x = rng.standard_normal((3, 4, 2))
     idx = rng.integers(-x.shape[axis], x.shape[axis], n)
-    np.testing.assert_allclose(_jaxpr_eval(lambda x: fnp.take(x, idx, axis=axis), x),
+    np.testing.assert_allclose(_traced(backend, lambda x: fnp.take(x, idx, axis=axis), x),
                                np.take(x, idx, axis=axis))
-    np.testing.assert_allclose(fnp.take(x, idx), np.take(x, idx))
-    np.testing.assert_allclose(fnp.take(x, idx + 10, axis=axis, mode="wrap"),
-                               np.take(x, idx + 10, axis=axis, mode="wrap"))
-    np.testing.assert_allclose(fnp.take(x, idx + 10, axis=axis, mode="clip"),
-                               np.take(x, idx + 10, axis=axis, mode="clip"))
+    np.testing.assert_allclose(backend(lambda x: fnp.take(x, idx))(x), np.take(x, idx))
+    for mode in ("wrap", "clip"):
+        # Concrete indices (folded in) and traced ones (mapped at run time) alike.
+        np.testing.assert_allclose(
+            backend(lambda x: fnp.take(x, idx + 10, axis=axis, mode=mode))(x),
+            np.take(x, idx + 10, axis=axis, mode=mode))
+        np.testing.assert_allclose(
+            backend(lambda x, i: fnp.take(x, i, axis=axis, mode=mode))(x, idx + 10),
+            np.take(x, idx + 10, axis=axis, mode=mode))
     ishape = list(x.shape)
     ishape[axis] = n
     ta = rng.integers(0, x.shape[axis], ishape)
     f = lambda x: fnp.take_along_axis(x, ta, axis)
-    np.testing.assert_allclose(_jaxpr_eval(f, x), np.take_along_axis(x, ta, axis))
-    check_grads(f, (x,), order=2)
+    np.testing.assert_allclose(_traced(backend, f, x), np.take_along_axis(x, ta, axis))
+    check_grads(backend.jit(f), (x,), order=2)
     # Broadcasting indices against the array outside the axis.
     ishape = [1] * 3
     ishape[axis] = n
     tb = rng.integers(0, x.shape[axis], ishape)
-    np.testing.assert_allclose(fnp.take_along_axis(x, tb, axis), np.take_along_axis(x, tb, axis))
+    np.testing.assert_allclose(backend(lambda x, i: fnp.take_along_axis(x, i, axis))(x, tb),
+                               np.take_along_axis(x, tb, axis))
 
 
-def test_take_fills_out_of_bounds_traced_indices():
+def test_take_fills_out_of_bounds_traced_indices(backend):
     f = lambda x, i: fnp.take(x, i)
-    out = _jaxpr_eval(f, np.arange(3.0), np.array([0, 5, -1]))
+    out = _traced(backend, f, np.arange(3.0), np.array([0, 5, -1]))
     np.testing.assert_allclose(out, [0, np.nan, 2])
     with pytest.raises(IndexError, match="out of bounds"):
         fnp.take(np.arange(3.0), np.array([5]))
 
 
-def test_where_select_nonzero():
+def test_where_and_select(backend):
     c = np.array([[True, False], [False, True]])
     x, y = rng.standard_normal((2, 2)), rng.standard_normal(2)
-    np.testing.assert_allclose(_jaxpr_eval(lambda x, y: fnp.where(c, x, y), x, y),
+    np.testing.assert_allclose(_traced(backend, lambda x, y: fnp.where(c, x, y), x, y),
                                np.where(c, x, y))
-    assert fnp.where(c, 1, 2.5).dtype == np.float64
-    assert fnp.where(c, np.float32(1), 2).dtype == np.float32
-    check_grads(lambda x, y: fnp.where(c, x, y), (x, y), order=2)
+    np.testing.assert_allclose(backend(fnp.where)(c, x, y), np.where(c, x, y))
+    out = backend(lambda c: fnp.where(c, 1, 2.5))(c)
+    assert out.dtype == np.float64
+    np.testing.assert_array_equal(out, np.where(c, 1, 2.5))
+    assert backend(lambda c: fnp.where(c, np.float32(1), 2))(c).dtype == np.float32
+    check_grads(backend.jit(lambda x, y: fnp.where(c, x, y)), (x, y), order=2)
     conds = [x > 0, x < -0.5]
-    np.testing.assert_allclose(fnp.select(conds, [x, 2 * x], -1.0),
-                               np.select(conds, [x, 2 * x], -1.0))
+    np.testing.assert_allclose(
+        backend(lambda x: fnp.select([x > 0, x < -0.5], [x, 2 * x], -1.0))(x),
+        np.select(conds, [x, 2 * x], -1.0))
+
+
+def test_nonzero_forms_need_concrete_values():
+    # Eager only: nonzero and its relatives read their input's values (concrete input only).
+    c = np.array([[True, False], [False, True]])
+    x = rng.standard_normal((2, 2))
     for got, want in zip(fnp.where(c), np.where(c)):
         np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(fnp.argwhere(c), np.argwhere(c))
@@ -348,16 +391,16 @@ def test_where_select_nonzero():
 
 
 @given(st.integers(-3, 3), st.sampled_from([(3, 3), (2, 4), (4, 2), (2, 3, 4)]))
-def test_diagonal_diag_tril_triu(k, shape):
+def test_diagonal_diag_tril_triu(backend, k, shape):
     x = rng.standard_normal(shape)
-    np.testing.assert_allclose(_jaxpr_eval(lambda x: fnp.diagonal(x, k, -2, -1), x),
+    np.testing.assert_allclose(_traced(backend, lambda x: fnp.diagonal(x, k, -2, -1), x),
                                np.diagonal(x, k, -2, -1))
-    np.testing.assert_allclose(fnp.tril(x, k), np.tril(x, k))
-    np.testing.assert_allclose(fnp.triu(x, k), np.triu(x, k))
-    check_grads(lambda x: fnp.diagonal(x, k, -1, -2), (x,), order=2)
-    check_grads(lambda x: fnp.tril(x, k), (x,), order=1)
+    np.testing.assert_allclose(backend(lambda x: fnp.tril(x, k))(x), np.tril(x, k))
+    np.testing.assert_allclose(backend(lambda x: fnp.triu(x, k))(x), np.triu(x, k))
+    check_grads(backend.jit(lambda x: fnp.diagonal(x, k, -1, -2)), (x,), order=2)
+    check_grads(backend.jit(lambda x: fnp.tril(x, k)), (x,), order=1)
     v = rng.standard_normal(shape[-1])
-    np.testing.assert_allclose(fnp.diag(v, k), np.diag(v, k))
-    check_grads(lambda v: fnp.diag(v, k), (v,), order=2)
+    np.testing.assert_allclose(backend(lambda v: fnp.diag(v, k))(v), np.diag(v, k))
+    check_grads(backend.jit(lambda v: fnp.diag(v, k)), (v,), order=2)
     if len(shape) == 2:
-        np.testing.assert_allclose(fnp.diag(x, k), np.diag(x, k))
+        np.testing.assert_allclose(backend(lambda x: fnp.diag(x, k))(x), np.diag(x, k))
