@@ -30,7 +30,7 @@ def suite_run(tmp_path_factory):
                PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env.pop("PYTEST_ADDOPTS", None)
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", HERE, "-q", "-p", "no:cacheprovider",
+        [sys.executable, "-m", "pytest", HERE, "-p", "no:cacheprovider",
          "--backends=cuda", "-p", "no:warnings",
          "--ignore", os.path.join(HERE, "test_cuda_suite.py"),
          "--ignore", os.path.join(HERE, "test_cuda.py"),
