@@ -858,3 +858,92 @@ def test_loop_tier_waits_until_the_loop_is_hot(kernel_cache_dir):
     f(xs)
     (tier,) = f.lower(xs)._entry.exe.loop_tiers
     assert tier.fast is None and tier.calls == 2 and not tier.done
+
+
+# while loops (and fori_loop with traced bounds) compile whole too: predicate and body are two
+# numba functions called by one compiled loop (numba_cpu._while_kernel_source).
+
+
+def test_compiled_while_loops_traced_fori_bounds_and_zero_trips(loop_tier_now):
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((3, 3)) * 0.4
+
+    def f(h0, n):
+        def cond(c):
+            h, k, _ = c
+            return (k < n) & (fnp.sum(h * h) < 50.0)   # int and float tests in the predicate
+
+        def body(c):
+            h, k, tot = c
+            return fnp.tanh(h @ w) * 2.0 + 0.1, k + 1, tot + fnp.max(h)
+        h, k, tot = lax.while_loop(cond, body, (h0, np.int32(0), 0.0))
+        # fori_loop with a traced upper bound is a while loop on (i, upper, carry)
+        g = lax.fori_loop(1, n, lambda i, c: c * 0.5 + i * h[0], fnp.zeros(3))
+        return h, k, tot, g
+    h0, n = rng.standard_normal((2, 3)), np.int32(6)
+    exe = _check_compiled_loops(f, (h0, n), rtol=1e-12, atol=1e-12, n_loops=2)
+    assert "while True:" in exe.loop_tiers[0].source and "def cond(" in exe.loop_tiers[0].source
+    # Compiled, the loops run no step when the predicate is false from the start.
+    jf = ft.jit(f)
+    jf(h0, n)
+    for got, want in zip(jf(h0, np.int32(0)), f(h0, np.int32(0))):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+        assert np.asarray(got).dtype == np.asarray(want).dtype
+
+
+def test_compiled_while_with_max_steps_and_its_gradient(loop_tier_now):
+    def f(x):
+        def body(c):
+            y, k = c
+            return fnp.sin(y) * 0.9 + y * y * 0.1, k + 1
+        y, k = lax.while_loop(lambda c: fnp.sum(c[0]) < 100.0, body, (x, 0), max_steps=5)
+        return fnp.sum(y) + k
+    x = np.array([0.5, -0.2, 1.0])
+    exe = _check_compiled_loops(f, (x,), rtol=1e-12, atol=1e-12, n_loops=1)
+    assert "while n < 5:" in exe.loop_tiers[0].source
+    # Its gradient (scans over max_steps with a cond inside: Python loops) next to it.
+    g = ft.grad(f)
+    jg = ft.jit(g)
+    for _ in range(2):
+        np.testing.assert_allclose(np.asarray(jg(x)), np.asarray(g(x)), rtol=1e-12)
+
+
+def test_while_outside_compiled_loops_falls_back(loop_tier_now):
+    # sort has no compiled form: the while loop keeps its Python loop, with the same results.
+    def f(x):
+        return lax.while_loop(lambda c: c[1] < 3, lambda c: (fnp.sort(c[0] * -1.0), c[1] + 1),
+                              (x, 0))
+    jf = ft.jit(f)
+    x = np.array([3.0, 1.0, 2.0])
+    for _ in range(2):
+        for a, b in zip(jf(x), f(x)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert jf.lower(x)._entry.exe.loop_tiers == []
+
+
+def test_compiled_loop_body_indexing_and_integer_arithmetic(loop_tier_now):
+    # What RNN / integrator loops index with: x[i] with a traced (wrapped, clamped) i,
+    # dynamic_slice / dynamic_update_slice with out-of-range starts (lax clamps them), slices,
+    # reversal, concatenate, iota, pad (interior and negative padding), select_n, and integer
+    # div / rem with negative operands (rounding toward zero, as lax does).
+    rng = np.random.default_rng(6)
+    table = fnp.asarray(rng.standard_normal((5, 3)))
+
+    def f(state, xs):
+        def step(c, x):
+            h, buf, k = c
+            row = table[k % 7 - 1]
+            win = lax.dynamic_slice(buf, (k - 2, 0), (3, 2))
+            buf = lax.dynamic_update_slice(buf, (h[:2] * x)[None, :], (k, 0))
+            cat = fnp.concatenate([h[1:], h[:1], lax.iota(np.float64, 2)])
+            padded = lax.pad(h, 0.5, ((1, -1, 1),))
+            q, r = lax.div(k, np.int32(-3)), lax.rem(k, np.int32(4))
+            h = fnp.tanh(cat[:3] * 0.5 + row + fnp.sum(win) * 0.1 + h[::-1] + padded[1:4])
+            h = fnp.where(h > 0.2, h, -h) + (q * 10 + r) * 0.01
+            return (h, buf, k + 1), (fnp.max(win) + fnp.sum(padded), q * 10 + r)
+        return lax.scan(step, state, xs)
+    state = (rng.standard_normal(3), rng.standard_normal((6, 2)), np.int32(-4))
+    exe = _check_compiled_loops(f, (state, rng.standard_normal(11)), rtol=1e-12, atol=1e-12,
+                                n_loops=1)
+    src = exe.loop_tiers[0].source
+    assert "min(max(_np.int64(" in src and " // " in src   # clamped starts, integer division

@@ -27,7 +27,9 @@
   dispatch that dominates them (W3b: about 50 equations of 1-3 us each).
 * a ``scan`` is a Python loop in the driver, guarded by a ``_LoopTier`` when its body is
   small-program material: once the loop is hot (``LOOP_TIER_*``) the whole loop runs as one
-  numba function (no Python per step; products through numpy's own BLAS).
+  numba function (no Python per step; products through numpy's own BLAS). A ``while`` (and a
+  ``fori_loop`` with traced bounds) tiers up the same way, its predicate tested in the
+  compiled loop.
 
 numba kernels are written to module files in the cache dir (``cache.py``) and compiled with
 ``cache=True``, so a second process loads them from disk; equal clusters share one kernel.
@@ -845,7 +847,7 @@ class Executable:
             parts += [f"# whole program as one numba function, used after {SMALL_TIER_CALLS} "
                       f"calls ({'in use' if self.tiered else 'not yet'})", self.small_source]
         for t in self.loop_tiers:
-            parts += [f"# a scan of {t.length} steps as one numba function "
+            parts += [f"# a {t.label} as one numba function "
                       f"({'in use' if t.fast is not None else 'not yet'})", t.source]
         return "\n".join(parts)
 
@@ -1149,6 +1151,9 @@ class _Emitter:
                 self.scan(eqn, [ref(v) for v in eqn.invars], outs, lines, ind, depth)
                 typed.update(eqn.outvars)
                 return
+            if name == "while" and "while" in lowering_rules:
+                self.while_(eqn, [ref(v) for v in eqn.invars], outs, lines, ind)
+                return
             rule = lowering_rules.get(name)
             if rule is None:
                 src = _direct_src(eqn, [dref(v) for v in eqn.invars])
@@ -1297,6 +1302,31 @@ class _Emitter:
         for o, s in zip(outs, cn + yn):
             if o != "_":
                 final.append(f"{ind0}{o} = {s}")
+
+    def while_(self, eqn, in_srcs, outs, lines, ind):
+        """A ``while`` as a call of its runner (predicate and body lowered as sub-programs, the
+        loop in Python). When predicate and body can be numba functions
+        (``_while_kernel_source``), the call is the slow branch of a ``_LoopTier`` test: once
+        the loop is hot, the whole loop, predicate included, runs compiled."""
+        fn = self.global_(lowering_rules["while"](eqn, self.sub_lowering), "_f")
+        args = "".join(s + ", " for s in in_srcs)
+        lhs = "".join(o + ", " for o in outs)
+        tier = _while_tier(eqn) if LOOP_TIER_CALLS > 0 and outs else None
+        if tier is None:
+            lines.append(f"{ind}{lhs}= {fn}({args})" if outs else f"{ind}{fn}({args})")
+            return
+        self.summary.append("while loop")
+        kn = self.global_(tier, "_L")
+        self.loop_tiers.append(tier)
+        self.summary.append(f"  (compiled whole by {kn} once hot)")
+        res, clock = self.fresh("_r"), self.fresh("_s")
+        lines.append(f"{ind}if {kn}.fast is not None:")
+        lines.append(f"{ind}    {res} = {kn}.fast({args})")
+        lines.append(f"{ind}else:")
+        lines.append(f"{ind}    {clock} = _clock()")
+        lines.append(f"{ind}    {res} = {fn}({args})")
+        lines.append(f"{ind}    {kn}.ran(_clock() - {clock}, ({args}), {res})")
+        lines.append(f"{ind}{lhs}= {res}")
 
     def _contiguous_transposes(self, lines, for_at, consts, ind):
         """Loop-invariant operands the loop reads transposed (``W.T`` in a product) are
@@ -1730,14 +1760,19 @@ def _small_program_source(jaxpr, min_eqns=None, poly=False, fname="kernel", bare
         on = f"v{j}"
         p = e.params
         if name in plan.ELEMENTWISE or name == "is_finite":
-            if name != "is_finite" and not _can_fuse(e):
+            int_div = name in ("div", "rem") and odt.kind in "iu" and all(
+                v.aval.dtype.kind in "iu" for v in e.invars)
+            if name != "is_finite" and not int_div and not _can_fuse(e):
                 return None
             in_avals = [v.aval for v in e.invars]
 
-            def expr(idx, e=e, in_avals=in_avals, name=name, oshape=oshape):
+            def expr(idx, e=e, in_avals=in_avals, name=name, oshape=oshape, int_div=int_div):
                 args = [read(v, oshape, idx) for v in e.invars]
                 if name == "is_finite":
                     return f"_np.isfinite({args[0]})"
+                if int_div:
+                    return _int_div_src(name, [_cast(a, av.dtype, odt) for a, av in
+                                               zip(args, in_avals)], odt)
                 return _scalar_expr(e, args, in_avals, poly=poly and name in _LOOP_POLY)
             if oshape == ():
                 body.append(f"{ind}{on} = {expr([])}")
@@ -1836,6 +1871,10 @@ def _small_program_source(jaxpr, min_eqns=None, poly=False, fname="kernel", bare
             if src is None:
                 return None
             body.append(f"{ind}{on} = {src}")
+        elif name in _SMALL_INDEXING:
+            # Slicing and assembling (what loop bodies index with): explicit loop nests.
+            if not _small_indexing(e, j, on, ref, body, ind, loops):
+                return None
         else:
             return None
         names[out] = on
@@ -2113,6 +2152,115 @@ LOOP_TIER_ON_DISK = 2
 # whole range (sin/cos are not beyond 1e6, and a loop has no numpy fallback per step).
 _LOOP_POLY = frozenset({"exp", "tanh", "logistic"})
 
+# The slicing and assembling primitives small programs (loop bodies above all: x[i] with a
+# traced i, a window of a state, a stacked or padded state) compute as explicit loop nests.
+_SMALL_INDEXING = frozenset({"dynamic_slice", "dynamic_update_slice", "slice", "concatenate",
+                             "iota", "rev", "pad"})
+
+
+def _int_div_src(name, args, odt):
+    """numba source of lax's integer ``div`` (rounding toward zero, as C) or ``rem`` (the
+    sign of the dividend) of the scalar sources ``args`` of dtype ``odt``; 0 for a zero
+    divisor, as numpy's impls give. (Python's // and % in numba round toward -inf.)"""
+    a, b = args
+    zero = f"_np.{_dt_name(odt)}(0)"   # typed: numba would unify int64 and uint64 to float
+    if odt.kind == "u":   # no signs: floor and truncation agree
+        val = f"({a} // {b})" if name == "div" else f"({a} % {b})"
+    else:
+        odd = f"(({a} % {b} != 0) and (({a} < 0) != ({b} < 0)))"
+        val = f"({a} // {b} + (1 if {odd} else 0))" if name == "div" else \
+            f"({a} % {b} - ({b} if {odd} else {zero}))"
+    return _wrap_int(f"({zero} if {b} == 0 else {val})", odt)
+
+
+def _small_indexing(e, j, on, ref, body, ind, loops):
+    """Appends to ``body`` the numba source computing the ``_SMALL_INDEXING`` equation ``e``
+    into ``on`` (``loops(shape, inner)`` writes a loop nest over ``shape`` around the lines
+    ``inner(index names)``). False when the equation is outside what this handles."""
+    name, p = e.primitive.name, e.params
+    out = e.outvars[0].aval
+    oshape, odt = tuple(out.shape), _dt_name(out.dtype)
+    arrays = e.invars[:1] if name in ("dynamic_slice", "dynamic_update_slice", "pad") else \
+        e.invars
+    if any(type(v) is Literal and v.aval.shape != () for v in arrays):
+        return False
+    if name == "iota":
+        dim = p["dimension"]
+        body.append(f"{ind}{on} = _np.empty({oshape!r}, _np.{odt})")
+        loops(oshape, lambda idx: [f"{on}[{', '.join(idx)}] = _np.{odt}({idx[dim]})"])
+        return True
+    x = e.invars[0]
+    xs = tuple(x.aval.shape)
+    if name == "dynamic_update_slice" and oshape == ():
+        body.append(f"{ind}{on} = {ref(e.invars[1])}")   # a 0-d operand: the update
+        return True
+    if oshape == () or (xs == () and name != "pad"):
+        body.append(f"{ind}{on} = {ref(x)}")             # a 0-d operand sliced whole
+        return True
+    if name in ("dynamic_slice", "dynamic_update_slice"):
+        starts = e.invars[1:] if name == "dynamic_slice" else e.invars[2:]
+        sizes = tuple(p["slice_sizes"]) if name == "dynamic_slice" else \
+            tuple(e.invars[1].aval.shape)
+        if any(s.aval.dtype == np.uint64 for s in starts):
+            return False   # beyond int64: the clamp below would wrap
+        # Start indices clamped into range as lax does (no wrapping of negative indices).
+        d = [f"d{j}_{k}" for k in range(len(xs))]
+        for dk, s, n, z in zip(d, starts, xs, sizes):
+            body.append(f"{ind}{dk} = min(max(_np.int64({ref(s)}), 0), {n - z})")
+        if name == "dynamic_slice":
+            body.append(f"{ind}{on} = _np.empty({oshape!r}, _np.{odt})")
+            loops(oshape, lambda idx: [
+                f"{on}[{', '.join(idx)}] = "
+                f"{ref(x)}[{', '.join(f'{dk} + {i}' for dk, i in zip(d, idx))}]"])
+        else:
+            u = e.invars[1]
+            body.append(f"{ind}{on} = {ref(x)}.copy()")
+            loops(sizes, lambda idx: [
+                f"{on}[{', '.join(f'{dk} + {i}' for dk, i in zip(d, idx))}] = "
+                f"{ref(u)}[{', '.join(idx)}]"])
+        return True
+    body.append(f"{ind}{on} = _np.empty({oshape!r}, _np.{odt})")
+    if name == "slice":
+        starts = tuple(p["start_indices"])
+        strides = tuple(p["strides"] or (1,) * len(xs))
+        loops(oshape, lambda idx: [
+            f"{on}[{', '.join(idx)}] = {ref(x)}[" +
+            ", ".join(f"{s} + {i} * {st}" for s, i, st in zip(starts, idx, strides)) + "]"])
+    elif name == "rev":
+        dims = set(p["dimensions"])
+        loops(oshape, lambda idx: [
+            f"{on}[{', '.join(idx)}] = {ref(x)}[" +
+            ", ".join(f"{xs[k] - 1} - {i}" if k in dims else i for k, i in enumerate(idx)) +
+            "]"])
+    elif name == "concatenate":
+        dim, off = p["dimension"], 0
+        for v in e.invars:
+            vs = tuple(v.aval.shape)
+            loops(vs, lambda idx, off=off, v=v: [
+                f"{on}[" + ", ".join(f"{off} + {i}" if k == dim else i
+                                     for k, i in enumerate(idx)) +
+                f"] = {ref(v)}[{', '.join(idx)}]"])
+            off += vs[dim]
+    else:  # pad: the padding value everywhere, then the operand at its (strided) places
+        cfg = tuple(tuple(c) for c in p["padding_config"])
+        fill = ref(e.invars[1])
+        loops(oshape, lambda idx: [f"{on}[{', '.join(idx)}] = {fill}"])
+        if xs == ():
+            return True
+        pos = [f"{lo} + {i} * {it + 1}" for (lo, _, it), i in
+               zip(cfg, [f"i{k}" for k in range(len(xs))])]
+        # Negative low / high padding crops: only positions inside the result are written.
+        tests = [f"0 <= {q} < {n}" for q, (lo, hi, _), n in zip(pos, cfg, oshape)
+                 if lo < 0 or hi < 0]
+
+        def place(idx):
+            store = f"{on}[{', '.join(pos)}] = {ref(x)}[{', '.join(idx)}]"
+            if not tests:
+                return [store]
+            return [f"if {' and '.join(tests)}:", "    " + store]
+        loops(xs, place)
+    return True
+
 
 # Matrix products in compiled loops call numpy's own BLAS (cblas_?gemm of the OpenBLAS that
 # numpy's wheels bundle, 64-bit integers), reached through its address passed in at run time
@@ -2258,7 +2406,67 @@ def _loop_tier(eqn, body, body_consts):
     p = eqn.params
     out_avals = [v.aval for v in eqn.outvars]
     return _LoopTier(source, [v.aval for v in eqn.invars], out_avals, body_consts,
-                     p["length"])
+                     f"scan of {p['length']} steps")
+
+
+def _while_kernel_source(eqn, cond, body):
+    """numba source running the ``while`` equation ``eqn`` whole, with ``cond`` and ``body``
+    (its simplified predicate and body jaxprs): ``kernel(*cond_consts, *body_consts, *init,
+    *cond_jaxpr_consts, *body_jaxpr_consts)`` returns the final carries, the predicate tested
+    in the compiled loop before each step (at most ``max_steps`` steps when that is set).
+    None when either jaxpr is outside what ``_small_program_source`` handles."""
+    p = eqn.params
+    cn, bn, max_steps = p["cond_nconsts"], p["body_nconsts"], p["max_steps"]
+    nk = len(body.invars) - bn
+    if len(cond.invars) != cn + nk or len(body.outvars) != nk or len(cond.outvars) != 1:
+        return None
+    carry_avals = [v.aval for v in body.invars[bn:]]
+    if any(a.dtype not in plan.KERNEL_DTYPES for a in carry_avals) or \
+            cond.outvars[0].aval.shape != ():
+        return None
+    gemm = _gemm_addrs() is not None
+    got_c = _small_program_source(cond, min_eqns=0, poly=True, fname="cond", bare=True,
+                                  gemm=gemm)
+    got_b = _small_program_source(body, min_eqns=1, poly=True, fname="body", bare=True,
+                                  gemm=gemm)
+    if got_c is None or got_b is None:
+        return None
+    qs = [f"q{j}" for j in range(cn)]
+    ks = [f"k{j}" for j in range(bn)]
+    cs = [f"c{j}" for j in range(nk)]
+    qb = [f"qb{j}" for j in range(len(cond.constvars))]
+    bb = [f"b{j}" for j in range(len(body.constvars))]
+    g = ["_gs", "_gd"] if gemm else []
+    lines = [f"def kernel({', '.join(qs + ks + cs + qb + bb + g)}):",
+             "    n = 0",
+             "    while True:" if max_steps is None else f"    while n < {int(max_steps)}:",
+             f"        if not cond({', '.join(qs + cs + qb + g)})[0]:",
+             "            break",
+             f"        r = body({', '.join(ks + cs + bb + g)})"]
+    for j, (c, a) in enumerate(zip(cs, carry_avals)):
+        # A scalar carry keeps its dtype (numba would otherwise widen it across steps).
+        val = f"r[{j}]" if a.shape != () else f"_np.{_dt_name(a.dtype)}(r[{j}])"
+        lines.append(f"        {c} = {val}")
+    lines.append("        n += 1")
+    lines.append(f"    return ({''.join(c + ', ' for c in cs)})")
+    return (_KERNEL_PRELUDE + _POLY_PRELUDE + (_GEMM_PRELUDE if gemm else "") +
+            "".join(c + "\n" for c in got_c[0] + got_b[0]) + "\n\n" +
+            got_c[1] + "\n\n" + got_b[1] +
+            "\n\n@_nb.njit(cache=True, nogil=True, error_model='numpy')\n" +
+            "\n".join(lines) + "\n")
+
+
+def _while_tier(eqn):
+    """The ``_LoopTier`` guarding the Python loop of the ``while`` equation ``eqn``, or None
+    (predicate or body not compilable)."""
+    p = eqn.params
+    cond, cconsts = plan.prepare(p["cond_jaxpr"].jaxpr, p["cond_jaxpr"].consts)
+    body, bconsts = plan.prepare(p["body_jaxpr"].jaxpr, p["body_jaxpr"].consts)
+    source = _while_kernel_source(eqn, cond, body)
+    if source is None:
+        return None
+    return _LoopTier(source, [v.aval for v in eqn.invars], [v.aval for v in eqn.outvars],
+                     list(cconsts) + list(bconsts), "while loop")
 
 
 def _kernel_arg(aval):
@@ -2295,7 +2503,8 @@ def _results_agree(got, want):
 
 
 class _LoopTier:
-    """A scan of the driver that may run as one numba function (``_loop_kernel_source``).
+    """A scan or while loop of the driver that may run as one numba function
+    (``_loop_kernel_source``, ``_while_kernel_source``).
 
     The driver runs its Python loop while ``fast`` is None and reports each run (seconds,
     inputs, outputs) to ``ran``; once the loop is hot (see ``LOOP_TIER_CALLS``) the function
@@ -2303,9 +2512,10 @@ class _LoopTier:
     loop's outputs; from then on the driver calls ``fast`` instead of looping. A compile
     failure or a mismatch keeps the Python loop for good."""
 
-    def __init__(self, source, in_avals, out_avals, body_consts, length):
+    def __init__(self, source, in_avals, out_avals, body_consts, label):
         self.source = source
-        self.in_avals, self.out_avals, self.length = in_avals, out_avals, length
+        self.in_avals, self.out_avals = in_avals, out_avals
+        self.label = label   # what the loop is, for as_text ("scan of 100 steps")
         self.body_consts = tuple(np.ascontiguousarray(c) if np.ndim(c) else np.asarray(c)[()]
                                  for c in body_consts)
         self.fast = None
