@@ -404,3 +404,283 @@ def test_diagonal_diag_tril_triu(backend, k, shape):
     check_grads(backend.jit(lambda v: fnp.diag(v, k)), (v,), order=2)
     if len(shape) == 2:
         np.testing.assert_allclose(backend(lambda x: fnp.diag(x, k))(x), np.diag(x, k))
+
+
+# ---------------------------------------------------------------------------------------------
+# x.at[...] keywords (JAX's out-of-bounds modes, fill_value, wrap_negative_indices, hints) and
+# nonzero/argwhere/flatnonzero/where(cond) with size= under jit/vmap
+
+
+def _ref_in_bounds(x, index, wrap):
+    """numpy reference for JAX's modes: (index with integer parts clamped into range, the
+    out-of-bounds mask over the broadcast integer-index shape). Cases keep the integer
+    indices first, so that mask lines up with the result's leading dims."""
+    parts = index if isinstance(index, tuple) else (index,)
+    fixed, bad = [], np.zeros((), bool)
+    for d, i in enumerate(parts):
+        if isinstance(i, slice):
+            fixed.append(i)
+            continue
+        n = x.shape[d]
+        i = np.asarray(i)
+        if wrap:
+            i = np.where(i < 0, i + n, i)
+        bad = bad | (i < 0) | (i >= n)
+        fixed.append(np.clip(i, 0, n - 1))
+    return tuple(fixed), bad
+
+
+def _ref_get(x, index, mode, fill, wrap=True):
+    fixed, bad = _ref_in_bounds(x, index, wrap)
+    out = np.array(x[fixed])
+    if mode in ("fill", "drop"):
+        mask = bad.reshape(bad.shape + (1,) * (out.ndim - bad.ndim))
+        out = np.where(mask, fill, out).astype(x.dtype)
+    return out
+
+
+def _ref_update(x, index, v, ufunc, mode, wrap=True):
+    fixed, bad = _ref_in_bounds(x, index, wrap)
+    out = x.copy()
+    v = np.broadcast_to(v, x[fixed].shape)
+    if mode != "clip":  # the default, 'drop' and 'fill' skip out-of-bounds updates
+        keep = ~np.broadcast_to(bad, np.broadcast_shapes(
+            *[np.shape(i) for i in fixed if not isinstance(i, slice)]))
+        fixed = tuple(i if isinstance(i, slice) else np.broadcast_to(i, keep.shape)[keep]
+                      for i in fixed)
+        v = v[keep]
+    if ufunc is None:
+        out[fixed] = v
+    else:
+        ufunc.at(out, fixed, v)
+    return out
+
+
+def _both_ways(backend, f, x, index):
+    """f(x, index) with the index's integer arrays closed over (static) and passed as
+    arguments (traced under jit)."""
+    parts = index if isinstance(index, tuple) else (index,)
+    arrays = [p for p in parts if isinstance(p, np.ndarray)]
+
+    def g(x, *arrs):
+        it = iter(arrs)
+        idx = tuple(next(it) if isinstance(p, np.ndarray) else p for p in parts)
+        return f(x, idx if isinstance(index, tuple) else idx[0])
+    return backend(lambda x: f(x, index))(x), backend(g)(x, *arrays)
+
+
+_OOB_CASES = [6, -5, np.array([0, 5, -1, -9, 2, 2]), (np.array([1, 4, -1]), slice(None)),
+              (np.array([0, 3, 7]), np.array([2, -4, 1])), (2, np.array([3, 0, -2]))]
+
+
+@pytest.mark.parametrize("wrap", [True, False])
+@pytest.mark.parametrize("index", _OOB_CASES, ids=range(len(_OOB_CASES)))
+def test_at_get_modes_out_of_bounds(backend, index, wrap):
+    x = fnp.asarray(rng.standard_normal((4, 3)))  # an Array: eager x.at needs it
+    kw = dict(wrap_negative_indices=wrap)
+    # The default ('promise_in_bounds') reads out-of-bounds indices clamped, as 'clip' does.
+    for mode, fill, ref_mode in [(None, None, "clip"), ("promise_in_bounds", None, "clip"),
+                                 ("clip", None, "clip"), ("fill", None, "fill"),
+                                 ("drop", -1.5, "fill"), ("fill", 2, "fill")]:
+        want = _ref_get(x, index, ref_mode, np.nan if fill is None else fill, wrap)
+        for got in _both_ways(backend, lambda x, i: x.at[i].get(mode=mode, fill_value=fill,
+                                                                 **kw), x, index):
+            assert got.shape == want.shape
+            np.testing.assert_allclose(got, want, err_msg=f"{mode} {index}")
+    # The hints do not change results.
+    got = backend(lambda x: x.at[index].get(mode="fill", fill_value=0.0, indices_are_sorted=True,
+                                           unique_indices=True, **kw))(x)
+    np.testing.assert_allclose(got, _ref_get(x, index, "fill", 0.0, wrap))
+
+
+@pytest.mark.parametrize("index", _OOB_CASES, ids=range(len(_OOB_CASES)))
+def test_at_update_modes_out_of_bounds(backend, index):
+    x = fnp.asarray(rng.standard_normal((4, 3)))
+    target = _ref_in_bounds(x, index, True)[0]
+    v = rng.standard_normal(x[target].shape)
+    for op, ufunc in [("set", None), ("add", np.add), ("mul", np.multiply), ("min", np.minimum),
+                      ("max", np.maximum)]:
+        for mode in [None, "promise_in_bounds", "drop", "fill", "clip"]:
+            if op == "set" and not _unique(x.shape, _ref_in_bounds(x, index, True)[0]):
+                continue  # which repeated set wins is unspecified
+            want = _ref_update(x, index, v, ufunc, mode)
+            f = lambda x, i: index_update(x, i, v, op, mode=mode)
+            for got in _both_ways(backend, f, x, index):
+                np.testing.assert_allclose(got, want, err_msg=f"{op} {mode} {index}")
+    # The methods pass the keywords on: subtract/divide/power/apply too.
+    idx = np.array([1, 9, -2])  # distinct after clamping: power reads, then sets
+    xs = fnp.asarray(np.abs(x[:, 0]) + 0.5)
+    u = np.array([2.0, 3.0, 0.5])
+    for name, ref in [("subtract", lambda a, b: a - b), ("divide", lambda a, b: a / b),
+                      ("power", lambda a, b: a ** b)]:
+        for mode in [None, "drop", "clip"]:
+            got = backend(lambda x, u: getattr(x.at[idx], name)(u, mode=mode))(xs, u)
+            want = xs.copy()
+            keep = slice(None) if mode == "clip" else np.array([True, False, True])
+            for i, b in zip(np.clip(idx, -4, 3)[keep], u[keep]):
+                want[i] = ref(want[i], b)
+            np.testing.assert_allclose(got, want, rtol=1e-12, err_msg=f"{name} {mode}")
+    got = backend(lambda x: x.at[idx].apply(fnp.sin, mode="clip"))(xs)
+    want = xs.copy()
+    want[[1, 3, 2]] = np.sin(xs[[1, 3, 2]])
+    np.testing.assert_allclose(got, want)
+    # Negative indices out of bounds: dropped (or clamped to 0 with 'clip').
+    f = lambda x: x.at[np.array([-1, 2])].add(10.0, wrap_negative_indices=False,
+                                              unique_indices=True)
+    np.testing.assert_allclose(backend(f)(xs), xs + [0, 0, 10, 0])
+    f = lambda x: x.at[-1].set(7.0, wrap_negative_indices=False, mode="clip")
+    np.testing.assert_allclose(backend(f)(xs), [7.0, *xs[1:]])
+
+
+def test_at_get_default_fill_per_dtype(backend):
+    cases = [(np.arange(3.0), np.nan), (np.arange(3, dtype=np.float32), np.nan),
+             (np.arange(3, dtype=np.int32), np.iinfo(np.int32).min),
+             (np.arange(3, dtype=np.int64), np.iinfo(np.int64).min),
+             (np.arange(3, dtype=np.uint8), 255), (np.array([False, False, True]), True),
+             (np.arange(3) + 1j, np.nan)]
+    for x, fill in cases:
+        x = fnp.asarray(x)
+        got = backend(lambda x: x.at[np.array([1, 3])].get(mode="fill"))(x)
+        assert got.dtype == x.dtype
+        np.testing.assert_array_equal(got, np.array([x[1], fill], dtype=x.dtype))
+
+
+def test_at_modes_grads_and_vmap(backend):
+    # check_grads evaluates f on numpy arrays too: the functional forms of x.at[...] here.
+    x = rng.standard_normal(4)
+    idx = np.array([0, 6, -2, 2, -7])
+    for mode in ["clip", "fill"]:
+        # Filled entries are constants: their derivative is zero.
+        check_grads(backend.jit(lambda x: getitem(x, idx, mode=mode, fill_value=0.5) ** 2),
+                    (x,), order=2)
+    u = rng.standard_normal(5)
+    for mode in [None, "clip"]:
+        check_grads(backend.jit(lambda x, u: index_update(x, idx, u, "mul", mode=mode)),
+                    (x, u), order=2)
+        check_grads(backend.jit(lambda x, u: index_update(x, idx, u, "add", mode=mode)),
+                    (x, u), order=1)
+    bidx = np.array([[0, 9], [-1, -5], [4, 2]])
+    x = fnp.asarray(x)  # unbatched: an Array, for eager x.at
+    g = lambda x, i: x.at[i].get(mode="fill", fill_value=-3.0)
+    np.testing.assert_allclose(backend(ft.vmap(g, in_axes=(None, 0)))(x, bidx),
+                               np.stack([_ref_get(x, i, "fill", -3.0) for i in bidx]))
+    h = lambda x, i: x.at[i].add(1.0, mode="clip")
+    np.testing.assert_allclose(backend(ft.vmap(h, in_axes=(None, 0)))(x, bidx),
+                               np.stack([_ref_update(x, i, 1.0, np.add, "clip") for i in bidx]))
+    h = lambda x, i: x.at[i].add(1.0)
+    np.testing.assert_allclose(backend(ft.vmap(h, in_axes=(None, 0)))(x, bidx),
+                               np.stack([_ref_update(x, i, 1.0, np.add, None) for i in bidx]))
+
+
+def test_at_keyword_errors():
+    # Eager only: argument checking.
+    x = fnp.arange(3.0)
+    for call in [lambda: x.at[0].get(mode="wrap"), lambda: x.at[0].set(1.0, mode="raise"),
+                 lambda: x.at[0].add(1.0, mode="bogus"), lambda: x.at[0].apply(fnp.sin, mode=3),
+                 lambda: index_update(x, 0, 1.0, "add", mode="add")]:
+        with pytest.raises(ValueError, match="valid modes are None, 'promise_in_bounds', "
+                                             "'clip', 'drop', 'fill'"):
+            call()
+    with pytest.raises(ValueError, match="unknown mode 'wrap'"):
+        ft.jit(lambda x: x.at[0].get(mode="wrap"))(x)
+    for call in [lambda: x.at[0].set(1.0, foo=1), lambda: x.at[0].get(fill=0.0),
+                 lambda: x.at[0].add(1.0, sorted=True), lambda: x.at[0].min(1.0, fill_value=0),
+                 lambda: x.at[0].apply(fnp.sin, fill_value=0), lambda: x.at[0].get(1)]:
+        with pytest.raises(TypeError, match="argument"):
+            call()
+    with pytest.raises(ValueError, match="fill_value must be a scalar"):
+        x.at[5].get(mode="fill", fill_value=np.zeros(2))
+    with pytest.raises(ft.core.ConcretizationTypeError, match="fill_value"):
+        ft.jit(lambda x, f: x.at[5].get(mode="fill", fill_value=f))(x, 1.0)
+    with pytest.raises(ValueError, match="unknown op"):
+        index_update(x, 0, 1.0, "divide")
+    # Plain indexing keeps numpy's IndexError for concrete out-of-bounds indices.
+    with pytest.raises(IndexError, match="out of bounds"):
+        ft.make_jaxpr(lambda x: x[np.array([0, 3])])(x)
+
+
+def _ref_nonzero(a, size, fill):
+    out = np.nonzero(a)
+    fills = fill if isinstance(fill, tuple) else (0 if fill is None else fill,) * a.ndim
+    return tuple(np.concatenate([o[:size], np.full(max(size - len(o), 0), f, np.int64)])
+                 for o, f in zip(out, fills))
+
+
+_NZ_ARRAYS = [np.array([0, 3, 0, 0, -2, 1]), rng.integers(-1, 2, (3, 4)),
+              rng.integers(0, 2, (2, 3, 2)).astype(bool), np.array([0.0, -0.0, np.nan, 2.5]),
+              np.zeros((2, 3)), np.zeros((0,)), np.zeros((2, 0))]
+
+
+@pytest.mark.parametrize("a", _NZ_ARRAYS, ids=range(len(_NZ_ARRAYS)))
+def test_nonzero_family_with_size_traces(backend, a):
+    count = np.count_nonzero(a)
+    fills = [None, -1] + ([tuple(range(7, 7 + a.ndim))] if a.ndim > 1 else [])
+    for size in sorted({0, 1, count, count + 2}):
+        for fill in fills:
+            want = _ref_nonzero(a, size, fill)
+            for fn in [lambda a: fnp.nonzero(a, size=size, fill_value=fill),
+                       lambda a: fnp.where(a, size=size, fill_value=fill)]:
+                got = backend(fn)(a)
+                assert len(got) == a.ndim
+                for g, w in zip(got, want):
+                    assert g.shape == (size,) and g.dtype == np.int64
+                    np.testing.assert_array_equal(g, w)
+            cols = [w.reshape(size, 1) for w in want]
+            got = backend(lambda a: fnp.argwhere(a, size=size, fill_value=fill))(a)
+            np.testing.assert_array_equal(got, np.concatenate(cols, 1))
+        for fill in [None, -1]:
+            want = _ref_nonzero(a.ravel(), size, fill)[0]
+            got = backend(lambda a: fnp.flatnonzero(a, size=size, fill_value=fill))(a)
+            np.testing.assert_array_equal(got, want)
+
+
+def test_nonzero_with_size_vmap_grad_and_0d(backend):
+    m = rng.integers(-1, 2, (4, 5))
+    f = lambda r: fnp.nonzero(r, size=3, fill_value=-1)[0]
+    np.testing.assert_array_equal(backend(ft.vmap(f))(m),
+                                  np.stack([_ref_nonzero(r, 3, -1)[0] for r in m]))
+    g = lambda r: fnp.argwhere(r, size=4)
+    np.testing.assert_array_equal(backend(ft.vmap(g))(m),
+                                  np.stack([np.concatenate(_ref_nonzero(r, 4, None)).reshape(
+                                      1, 4).T for r in m]))
+    # The indices feed a gather, which differentiates as usual (x is kept away from 0 so the
+    # finite differences do not change the mask).
+    x = np.array([0.7, -1.2, 1.5, -0.4, 2.0])
+    check_grads(backend.jit(lambda x: x[fnp.flatnonzero(x > 0, size=4)] ** 2), (x,), order=2)
+    # A 0-d input: argwhere gives (size, 0), as numpy's (N, 0).
+    assert backend(lambda a: fnp.argwhere(a, size=2))(np.float64(3.0)).shape == (2, 0)
+
+
+def test_nonzero_family_errors():
+    # Eager only: errors at trace time.
+    x = np.array([0.0, 1.0, 2.0])
+    for name, fn in [("nonzero", fnp.nonzero), ("argwhere", fnp.argwhere),
+                     ("flatnonzero", fnp.flatnonzero), ("nonzero", fnp.where)]:
+        with pytest.raises(ft.core.ConcretizationTypeError,
+                           match=f"{name} without size=.*pass size=N"):
+            ft.jit(fn)(x)
+        with pytest.raises(ft.core.ConcretizationTypeError, match="size=N"):
+            ft.vmap(fn)(np.ones((2, 3)))
+    with pytest.raises(ValueError, match="size must be non-negative"):
+        fnp.nonzero(x, size=-1)
+    with pytest.raises(TypeError, match="size must be an integer"):
+        fnp.nonzero(x, size=2.5)
+    with pytest.raises(ft.core.ConcretizationTypeError, match="size"):
+        ft.jit(lambda x, n: fnp.nonzero(x, size=n))(x, 2)
+    with pytest.raises(ValueError, match="a scalar or a tuple of 2 scalars"):
+        fnp.nonzero(np.ones((2, 2)), size=2, fill_value=(1, 2, 3))
+    with pytest.raises(ValueError, match="a scalar or a tuple of 1 scalars"):
+        fnp.nonzero(x, size=2, fill_value=np.zeros(2))
+    with pytest.raises(ValueError, match="0d arrays"):
+        fnp.nonzero(np.float64(1.0), size=1)
+    with pytest.raises(ValueError, match="one-argument form"):
+        fnp.where(x > 0, x, -x, size=2)
+
+
+def test_gather_of_one_scalar_keeps_rank_zero(backend):
+    # Regression: the gather impl returned shape (1,) for a 0-d result (ascontiguousarray is
+    # at least 1-d), so eager x.at[i].get(mode=...) of one element was not a scalar.
+    dn = lax.GatherDimensionNumbers(offset_dims=(), collapsed_slice_dims=(0,),
+                                    start_index_map=(0,))
+    out = backend(lambda x: lax.gather(x, np.array([2]), dn, (1,)))(np.arange(4.0))
+    assert out.shape == () and out == 2.0

@@ -199,7 +199,9 @@ def _gather_impl(operand, indices, *, dimension_numbers, slice_sizes, mode, fill
         else:
             perm.append(next_batch)
             next_batch += 1
-    return xp.ascontiguousarray(windows.transpose(perm))
+    out = windows.transpose(perm)
+    # ascontiguousarray returns at least 1-d: a 0-d result (one scalar gathered) keeps rank 0.
+    return xp.ascontiguousarray(out).reshape(out.shape)
 
 
 def _gather_shape(operand, indices, dn, slice_sizes):

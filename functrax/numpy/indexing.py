@@ -6,12 +6,20 @@ where the advanced dims go: in place when the advanced indices are adjacent, fir
 and boolean masks (only when the mask is concrete: under ``jit`` a mask's number of True
 entries, hence the result's shape, is unknown). Static pieces lower to ``slice``/``rev``/
 ``squeeze``/``reshape``, traced integer scalars to ``dynamic_slice`` and integer arrays to one
-``gather``. Out-of-bounds static indices raise ``IndexError`` as in numpy; out-of-bounds traced
-indices are clamped (``getitem``) or dropped (``index_update``), as in JAX.
+``gather``. In ``x[index]`` out-of-bounds static indices raise ``IndexError`` as in numpy and
+out-of-bounds traced indices are clamped, as in JAX. ``getitem(x, index, mode=...)`` (what
+``x.at[index].get(mode=...)`` calls) and ``index_update`` follow JAX's ``mode`` for every
+integer index, concrete or traced, and never raise for out-of-bounds ones: a get clamps them
+('clip', and the default 'promise_in_bounds') or returns ``fill_value`` ('fill'/'drop'); an
+update drops them (the default, 'drop', 'fill') or clamps them ('clip').
 
-``index_update(x, index, values, mode)`` (``mode`` in set/add/mul/min/max) is
+``index_update(x, index, values, op)`` (``op`` in set/add/mul/min/max) is
 ``x.at[index].set(values)`` and friends: it never changes ``x``, and repeated indices
 accumulate for add/mul/min/max (``np.add.at`` semantics).
+
+``nonzero``/``argwhere``/``flatnonzero``/``where(cond)`` read the values of their input; under
+``jit``/``vmap`` they need ``size=`` (the static length of the result: the first ``size``
+indices, padded with ``fill_value``), and are then built from ``cumsum`` and one ``scatter``.
 
 >>> import functrax.numpy as fnp
 >>> x = fnp.arange(6.0).reshape(2, 3)
@@ -22,11 +30,13 @@ accumulate for add/mul/min/max (``np.add.at`` semantics).
 """
 from __future__ import annotations
 
+import operator
+
 import numpy as np
 
 from .. import core, dtypes, lax
 from ..core import Tracer, get_aval
-from ..lax._util import array_namespace, ufunc_at
+from ..lax._util import array_namespace, is_cupy, ufunc_at
 from ._util import asarray_arg, holds_tracer, user_line as _user_line
 
 __all__ = ["getitem", "index_update", "take", "take_along_axis", "where", "select",
@@ -158,16 +168,22 @@ def _static_int(v, what, context):
     return int(core.concrete_or_error(v, f"{what}: {context}"))
 
 
-def _normalize_array(idx, size, axis, what, check):
-    """Negative entries count from the end; concrete out-of-bounds entries raise."""
+def _normalize_array(idx, size, axis, what, check, wrap_negative=True):
+    """Negative entries count from the end (unless ``wrap_negative`` is False: then they are
+    out of bounds); with ``check``, concrete out-of-bounds entries raise."""
     if isinstance(idx, Tracer):
+        if not wrap_negative:
+            return idx
         return lax.select_n(lax.lt(idx, 0), idx, lax.add(idx, size))
     idx = np.asarray(idx)
+    low = -size if wrap_negative else 0
     if check and idx.size:
-        bad = (idx < -size) | (idx >= size)
+        bad = (idx < low) | (idx >= size)
         if bad.any():
             raise IndexError(f"{what}: index {int(idx[bad].flat[0])} is out of bounds for axis "
                              f"{axis} with size {size}")
+    if not wrap_negative:
+        return idx.astype(np.int64)
     return np.where(idx < 0, idx + size, idx).astype(np.int64)
 
 
@@ -225,13 +241,20 @@ def _basic(x, entries, what):
     return x
 
 
-def _getitem(x, index, what, mode="clip", fill_value=None):
+def _getitem(x, index, what, mode=None, fill_value=None, wrap_negative=True):
+    """``mode`` None is numpy's ``x[index]`` (concrete out-of-bounds indices raise, traced ones
+    are clamped); 'clip' or 'fill' is the gather mode for every integer index, concrete or
+    traced, with no IndexError (how ``x.at[index].get(mode=...)`` reads)."""
     x = asarray_arg(x)
     x, entries = _parse(x, index, what)
+    strict = mode is None
     has_adv = any(k == "array" for k, _ in entries)
-    if has_adv:
-        # With index arrays present numpy treats integers as (0-d) index arrays too.
+    if has_adv or ((not strict or not wrap_negative)
+                   and any(k in ("int", "dyn") for k, _ in entries)):
+        # With index arrays present numpy treats integers as (0-d) index arrays too; an
+        # explicit mode does the same so that the gather applies it to integers as well.
         entries = [("array", v) if k in ("int", "dyn") else (k, v) for k, v in entries]
+        has_adv = True
     y = _basic(x, entries, what)
     if not has_adv:
         new = [i for i, (k, _) in enumerate(e for e in entries if e[0] != "int"
@@ -240,7 +263,8 @@ def _getitem(x, index, what, mode="clip", fill_value=None):
     shape = get_aval(x).shape
     y_dims = [(k, v) for k, v in entries if k != "none"]
     adv_dims = [d for d, (k, _) in enumerate(y_dims) if k == "array"]
-    arrays = [_normalize_array(y_dims[d][1], shape[d], d, what, check=True) for d in adv_dims]
+    arrays = [_normalize_array(y_dims[d][1], shape[d], d, what, check=strict,
+                               wrap_negative=wrap_negative) for d in adv_dims]
     try:
         bshape = np.broadcast_shapes(*[get_aval(a).shape for a in arrays])
     except ValueError:
@@ -268,7 +292,8 @@ def _getitem(x, index, what, mode="clip", fill_value=None):
                                     collapsed_slice_dims=tuple(adv_dims),
                                     start_index_map=tuple(adv_dims))
     sizes = tuple(1 if d in adv_dims else s for d, s in enumerate(y_shape))
-    out = lax.gather(y, indices, dn, sizes, mode=mode, fill_value=fill_value)
+    out = lax.gather(y, indices, dn, sizes, mode="clip" if strict else mode,
+                     fill_value=fill_value)
     # Finally the new axes: lay out the result's dims in numpy's order.
     layout = []
     if not contiguous:
@@ -292,12 +317,62 @@ def _has_tracer(index):
     return False
 
 
+# JAX's out-of-bounds modes for x.at[...] (lax.GatherScatterMode): None is
+# 'promise_in_bounds', which reads as 'clip' in a get and as 'drop' in an update; 'fill' and
+# 'drop' are one mode (a get returns fill_value, an update is skipped).
+_OOB_MODES = ("promise_in_bounds", "clip", "drop", "fill")
+
+
+def _oob_mode(mode, what):
+    """'promise_in_bounds', 'clip' or 'fill' (for 'drop' too) from a user's ``mode``."""
+    if mode is None:
+        return "promise_in_bounds"
+    m = getattr(mode, "value", mode)  # an enum member reads as its value
+    if isinstance(m, str) and m.lower() in _OOB_MODES:
+        m = m.lower()
+        return "fill" if m == "drop" else m
+    hint = (f" ({mode!r} is an update operation: pass it as op=, e.g. "
+            f"index_update(x, index, values, {mode!r}))" if m in _UPDATES else "")
+    raise ValueError(f"{what}: unknown mode {mode!r}; valid modes are None, "
+                     f"{', '.join(repr(o) for o in _OOB_MODES)}{hint}")
+
+
+def _fill_scalar(fill_value, what):
+    if fill_value is None:
+        return None
+    fill = np.asarray(core.concrete_or_error(fill_value, f"{what}: fill_value (it must be "
+                                                         f"a concrete scalar)"))
+    if fill.ndim != 0:
+        raise ValueError(f"{what}: fill_value must be a scalar, got shape {fill.shape}")
+    return fill.item()
+
+
 @_user_line
-def getitem(x, index):
-    """``x[index]`` with numpy's semantics (see the module doc)."""
-    if not isinstance(x, Tracer) and core._state.dynamic is None and not _has_tracer(index):
-        return core.wrap_array(np.asarray(x)[index])
-    return _getitem(x, index, "getitem")
+def getitem(x, index, *, mode=None, fill_value=None, indices_are_sorted=False,
+            unique_indices=False, wrap_negative_indices=True):
+    """``x[index]`` as numpy (see the module doc); with ``mode``, as x.at[index].get(mode).
+
+    With a ``mode``: 'clip'/'promise_in_bounds' clamp out-of-bounds integer indices,
+    'fill'/'drop' give ``fill_value`` there (NaN for inexact dtypes, the smallest signed /
+    largest unsigned integer, True for bools), with no IndexError either way. ``wrap_negative_indices=False`` makes negative indices out of bounds instead of
+    counting from the end. ``indices_are_sorted``/``unique_indices`` are hints (accepted as
+    in JAX; results never depend on them).
+
+    >>> import functrax.numpy as fnp
+    >>> x = fnp.arange(5.0)
+    >>> getitem(x, 7, mode="clip").item(), getitem(x, [1, 7], mode="fill").tolist()
+    (4.0, [1.0, nan])
+    """
+    del indices_are_sorted, unique_indices  # hints: gather has no faster path for them
+    if mode is None and wrap_negative_indices:
+        if not isinstance(x, Tracer) and core._state.dynamic is None and not _has_tracer(index):
+            return core.wrap_array(np.asarray(x)[index])
+        return _getitem(x, index, "getitem")
+    what = "x.at[...].get"
+    gmode = _oob_mode(mode, what) if mode is not None else None
+    gmode = "clip" if gmode == "promise_in_bounds" else gmode
+    return _getitem(x, index, what, mode=gmode, fill_value=_fill_scalar(fill_value, what),
+                    wrap_negative=wrap_negative_indices)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -323,36 +398,64 @@ def _fit_values(values, shape, what):
 
 
 @_user_line
-def index_update(x, index, values, mode):
-    """A copy of x with ``x[index]`` combined with ``values``; ``mode`` is one of set, add,
-    mul, min, max. Repeated indices accumulate (for set, one of them wins)."""
-    what = f"x.at[...].{mode}"
-    if mode not in _UPDATES:
-        raise ValueError(f"index_update: unknown mode {mode!r}; use one of {sorted(_UPDATES)}")
+def index_update(x, index, values, op="set", *, mode=None, indices_are_sorted=False,
+                 unique_indices=False, wrap_negative_indices=True):
+    """x.at[index].<op>(values, mode=...): set, add, mul, min or max, into a copy of x.
+
+    ``x[index]`` is combined with ``values``. Repeated indices accumulate (for set, one of
+    them wins). ``mode`` says what out-of-bounds integer indices do, as in JAX:
+    None/'promise_in_bounds', 'drop' and 'fill' skip their updates, 'clip' clamps them into
+    range; there is no IndexError either way.
+    ``wrap_negative_indices=False`` makes negative indices out of bounds.
+    ``indices_are_sorted``/``unique_indices`` are hints (results never depend on them).
+
+    >>> import functrax.numpy as fnp
+    >>> index_update(fnp.zeros(3), [0, 5], 1.0, "add").tolist()
+    [1.0, 0.0, 0.0]
+    >>> index_update(fnp.zeros(3), [0, 5], 1.0, "add", mode="clip").tolist()
+    [1.0, 0.0, 1.0]
+    """
+    del indices_are_sorted, unique_indices  # hints: the scatter has no faster path for them
+    what = f"x.at[...].{op}"
+    if op not in _UPDATES:
+        raise ValueError(f"index_update: unknown op {op!r}; use one of {sorted(_UPDATES)}")
+    oob = _oob_mode(mode, what)
     x = asarray_arg(x)
     values = asarray_arg(values)
     aval = get_aval(x)
-    scatter, ufunc = _UPDATES[mode]
-    if (not isinstance(x, Tracer) and not isinstance(values, Tracer)
+    scatter, ufunc = _UPDATES[op]
+    xp = array_namespace(x, values)
+    if (oob != "clip" and wrap_negative_indices and not is_cupy(xp)
+            and not isinstance(x, Tracer) and not isinstance(values, Tracer)
             and core._state.dynamic is None and not _has_tracer(index)):
-        # In the arrays' namespace: a GPU array is updated on the GPU (cupyx.scatter_*).
-        xp = array_namespace(x, values)
+        # numpy's own indexing, on the host or the simulated GPU. numpy raises IndexError for
+        # out-of-bounds indices, which this mode drops: those take the general path below.
+        # (CuPy wraps such indices around instead, so GPU arrays always take that path.)
         out = xp.array(x, copy=True)
         vals = xp.asarray(values).astype(aval.dtype, copy=False)
         idx = tuple(np.asarray(i) if isinstance(i, list) else i for i in index) \
             if isinstance(index, tuple) else (np.asarray(index) if isinstance(index, list)
                                               else index)
-        target_shape = out[idx].shape
-        vals = xp.asarray(_fit_values(vals, target_shape, what))
-        if ufunc is None:
-            out[idx] = vals
-        else:
-            ufunc_at(xp, ufunc.__name__, out, idx, vals)
-        return core.wrap_array(out)
-    # Which flat positions of x the index selects (out-of-bounds traced indices give -1 and
-    # are dropped by the scatter), then one scatter on the flattened x.
+        try:
+            target_shape = out[idx].shape
+        except IndexError:
+            target_shape = None
+        if target_shape is not None:
+            vals = xp.asarray(_fit_values(vals, target_shape, what))
+            if ufunc is None:
+                out[idx] = vals
+            else:
+                ufunc_at(xp, ufunc.__name__, out, idx, vals)
+            return core.wrap_array(out)
+    # Which flat positions of x the index selects, then one scatter on the flattened x. With
+    # 'clip' the gather clamps out-of-bounds indices to real positions; otherwise they give
+    # -1, which the scatter drops.
     positions = lax.reshape(lax.iota(np.int64, aval.size), aval.shape)
-    pos = _getitem(positions, index, what, mode="fill", fill_value=-1)
+    if oob == "clip":
+        pos = _getitem(positions, index, what, mode="clip", wrap_negative=wrap_negative_indices)
+    else:
+        pos = _getitem(positions, index, what, mode="fill", fill_value=-1,
+                       wrap_negative=wrap_negative_indices)
     pos_shape = get_aval(pos).shape
     values = lax.convert_element_type(values, aval.dtype)
     values = _fit_values(values, pos_shape, what)
@@ -481,11 +584,21 @@ def _promote(*xs):
 @_user_line
 def where(condition, x=None, y=None, /, *, size=None, fill_value=None):
     """``x`` where ``condition`` else ``y`` (broadcasting); with only a condition, the
-    indices of its nonzero entries (concrete conditions only)."""
+    indices of its nonzero entries, as ``nonzero`` (under jit/vmap pass ``size``, and
+    optionally ``fill_value``, for a static length).
+
+    >>> import functrax
+    >>> import functrax.numpy as fnp
+    >>> functrax.jit(lambda c: fnp.where(c, size=2)[0])(fnp.array([0, 1, 1, 1])).tolist()
+    [1, 2]
+    """
     if x is None and y is None:
         return nonzero(condition, size=size, fill_value=fill_value)
     if x is None or y is None:
         raise ValueError("where: either both or neither of x and y should be given")
+    if size is not None or fill_value is not None:
+        raise ValueError("where: size and fill_value only apply to the one-argument form "
+                         "where(condition)")
     x, y = _promote(x, y)
     return lax.select_n(_as_bool(condition), y, x)
 
@@ -512,46 +625,134 @@ def _concrete_array(a, name):
             return np.asarray(core.concrete_or_error(a, name))
         except core.ConcretizationTypeError:
             raise core.ConcretizationTypeError(
-                a, f"{name} (its result's shape depends on the values, which are not known "
-                   f"under jit/vmap; use fnp.where(cond, x, y) instead)",
+                a, f"{name} without size= (the number of nonzero entries, hence the result's "
+                   f"shape, depends on the values, which are not known under jit/vmap; pass "
+                   f"size=N (and optionally fill_value=) for a result of static length N, or "
+                   f"use fnp.where(cond, x, y) to select values)",
                 a._trace.transform_name()) from None
     return np.asarray(a)
 
 
+def _size_arg(size, name):
+    size = core.concrete_or_error(size, f"{name}: size (the static length of the result)")
+    try:
+        size = operator.index(size if not isinstance(size, np.ndarray) else size.item())
+    except TypeError:
+        raise TypeError(f"{name}: size must be an integer, got {size!r}") from None
+    if size < 0:
+        raise ValueError(f"{name}: size must be non-negative, got {size}")
+    return size
+
+
+def _fill_values(fill_value, ndim, name):
+    """One scalar fill per dim: fill_value is a scalar or a tuple with one per dim."""
+    if fill_value is None:
+        return (0,) * ndim
+    fills = tuple(fill_value) if isinstance(fill_value, (tuple, list)) else (fill_value,) * ndim
+    if len(fills) != ndim or any(get_aval(asarray_arg(f)).ndim != 0 for f in fills):
+        raise ValueError(f"{name}: fill_value must be a scalar or a tuple of {ndim} scalars "
+                         f"(one per dim), got {fill_value!r}")
+    return fills
+
+
+def _nonzero_sized(a, size, fill_value, name):
+    """The first ``size`` nonzero positions of ``a`` (row-major), one int64 array per dim,
+    padded with ``fill_value``: a static shape, so it traces. Each nonzero entry's rank among
+    the nonzero entries (a cumsum) is the output slot it is scattered to; zero entries and
+    ranks past ``size`` aim at slot ``size``, which the scatter drops."""
+    a = asarray_arg(a)
+    shape = get_aval(a).shape
+    fills = _fill_values(fill_value, len(shape), name)
+    n = int(np.prod(shape, dtype=np.int64))
+    if n == 0 or size == 0:
+        flat = lax.full((size,), 0, np.int64)
+        valid = lax.full((size,), False, np.bool_)
+    else:
+        mask = lax.reshape(_as_bool(a), (n,))
+        ones = lax.convert_element_type(mask, np.int64)
+        rank = lax.cumsum(ones, 0)
+        slot = lax.select_n(mask, lax.full((n,), size, np.int64), lax.sub(rank, 1))
+        dn = lax.ScatterDimensionNumbers(update_window_dims=(), inserted_window_dims=(0,),
+                                         scatter_dims_to_operand_dims=(0,))
+        flat = lax.scatter(lax.full((size,), 0, np.int64), lax.reshape(slot, (n, 1)),
+                           lax.iota(np.int64, n), dn, mode="fill")
+        count = lax.reduce_sum(ones, (0,))
+        valid = lax.lt(lax.iota(np.int64, size), count)
+    out = []
+    for d, (dim, fill) in enumerate(zip(shape, fills)):
+        # Unravel the flat (row-major) position; n == 0 gives only filled slots.
+        stride = int(np.prod(shape[d + 1:], dtype=np.int64))
+        idx = lax.div(flat, lax.full((), max(stride, 1), np.int64)) if stride > 1 else flat
+        if d > 0:
+            idx = lax.rem(idx, lax.full((), max(dim, 1), np.int64))
+        idx, fill = _promote(idx, fill)
+        out.append(lax.select_n(valid, lax.broadcast_to(fill, (size,)), idx))
+    return tuple(out)
+
+
 @_user_line
 def nonzero(a, *, size=None, fill_value=None):
-    """The indices of the nonzero entries, one array per dim (concrete input only; ``size``
-    pads with ``fill_value`` (default 0) or truncates)."""
-    a = _concrete_array(a, "nonzero")
-    if a.ndim == 0:
+    """The indices of the nonzero entries, one array per dim; jit/vmap need ``size``.
+
+    With ``size`` the result holds the first ``size`` indices, padded with ``fill_value``
+    (default 0; a scalar or one per dim), as in JAX.
+
+    >>> import functrax
+    >>> import functrax.numpy as fnp
+    >>> f = functrax.jit(lambda x: fnp.nonzero(x, size=3, fill_value=-1))
+    >>> [i.tolist() for i in f(fnp.array([[0, 5], [7, 0]]))]
+    [[0, 1, -1], [1, 0, -1]]
+    """
+    if get_aval(asarray_arg(a)).ndim == 0:
         raise ValueError("nonzero: calling nonzero on 0d arrays is not allowed; use "
                          "atleast_1d(a).nonzero()")
-    out = np.nonzero(a)
     if size is not None:
-        fills = fill_value if isinstance(fill_value, (tuple, list)) else \
-            [0 if fill_value is None else fill_value] * a.ndim
-        out = tuple(np.concatenate([o[:size], np.full(max(size - len(o), 0), f, o.dtype)])
-                    for o, f in zip(out, fills))
+        return _nonzero_sized(a, _size_arg(size, "nonzero"), fill_value, "nonzero")
+    a = _concrete_array(a, "nonzero")
     from .creation import asarray
-    return tuple(asarray(o) for o in out)
+    return tuple(asarray(o) for o in np.nonzero(a))
 
 
 @_user_line
 def argwhere(a, *, size=None, fill_value=None):
-    """Indices of the nonzero entries as an (N, ndim) array (concrete input only)."""
-    a = _concrete_array(a, "argwhere")
-    out = np.argwhere(a)
+    """Indices of the nonzero entries as an (N, ndim) array; jit/vmap need ``size``.
+
+    With ``size``, N = size: rows past the nonzero entries hold ``fill_value`` (default 0).
+
+    >>> import functrax
+    >>> import functrax.numpy as fnp
+    >>> functrax.jit(lambda x: fnp.argwhere(x, size=2))(fnp.array([0, 0, 3])).tolist()
+    [[2], [0]]
+    """
     if size is not None:
-        fill = 0 if fill_value is None else fill_value
-        pad = np.full((max(size - len(out), 0), out.shape[1]), fill, out.dtype)
-        out = np.concatenate([out[:size], pad])
-    return core.wrap_array(out)
+        size = _size_arg(size, "argwhere")
+        a = asarray_arg(a)
+        if get_aval(a).ndim == 0:
+            # numpy's (N, 0) result for a 0-d input: only the number of rows is data.
+            return lax.full((size, 0), 0, np.int64)
+        cols = _nonzero_sized(a, size, fill_value, "argwhere")
+        return lax.concatenate([lax.reshape(c, (size, 1)) for c in cols], 1)
+    a = _concrete_array(a, "argwhere")
+    return core.wrap_array(np.argwhere(a))
 
 
 @_user_line
 def flatnonzero(a, *, size=None, fill_value=None):
+    """Indices of the nonzero entries of the flattened ``a``; jit/vmap need ``size``.
+
+    With ``size`` the result is padded with ``fill_value`` (default 0) or truncated.
+
+    >>> import functrax
+    >>> import functrax.numpy as fnp
+    >>> functrax.jit(lambda x: fnp.flatnonzero(x, size=3))(fnp.eye(2)).tolist()
+    [0, 3, 0]
+    """
+    if size is not None:
+        a = asarray_arg(a)
+        a = lax.reshape(a, (get_aval(a).size,))
+        return _nonzero_sized(a, _size_arg(size, "flatnonzero"), fill_value, "flatnonzero")[0]
     a = _concrete_array(a, "flatnonzero")
-    return nonzero(a.ravel(), size=size, fill_value=fill_value)[0]
+    return core.wrap_array(np.flatnonzero(a))
 
 
 # ---------------------------------------------------------------------------------------------
