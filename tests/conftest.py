@@ -115,6 +115,7 @@ class Backend:
 
     def __init__(self, name):
         self.name = name
+        self._once = {}
 
     @property
     def is_jit(self):
@@ -144,6 +145,15 @@ class Backend:
             return ft.tree_util.tree_map(
                 lambda x: x if isinstance(x, core.Tracer) else ft.device_get(x), out)
         return on_host
+
+    def once(self, f):
+        """``self(f)``, made once per function and kept for the session: hypothesis examples
+        that repeat an argument signature then reuse the compiled program, as repeated calls
+        do (a new shape, dtype or weak type retraces, which the examples check too)."""
+        g = self._once.get(f)
+        if g is None:
+            g = self._once[f] = self(f)
+        return g
 
     def __repr__(self):
         return self.name

@@ -31,11 +31,6 @@ def _staged(f):
     return run
 
 
-def _host(x):
-    """Results of an outer transformation of a jitted function, fetched to the host."""
-    return ft.device_get(x)
-
-
 # ---------------------------------------------------------------------------------------------
 # custom_jvp: a numerically stable log1pexp
 
@@ -112,7 +107,7 @@ def test_custom_jvp_uses_the_rule_not_the_function(backend):
     np.testing.assert_allclose(backend(ft.vmap(ft.grad(f)))(np.ones(3)), 10.0 * np.ones(3))
     # grad of the staged function: the custom_jvp_call equation keeps the rule
     assert float(_staged(ft.grad(f))(0.3)) == 10.0
-    assert float(_host(ft.grad(backend.jit(f))(0.3))) == 10.0
+    assert float(ft.device_get(ft.grad(backend.jit(f))(0.3))) == 10.0
 
 
 def test_custom_jvp_staged_and_typechecked():
@@ -297,8 +292,8 @@ def test_clip_gradient_forward_mode_uses_the_function(backend):
     np.testing.assert_allclose(t, np.sum(18.0 * x), rtol=1e-12)
     np.testing.assert_allclose(backend(ft.jacfwd(_clipped))(x), 18.0 * x, rtol=1e-12)
     y, f_jvp = ft.linearize(backend.jit(lambda v: clip_gradient(-0.5, 0.5, v) * 2.0), x)
-    np.testing.assert_allclose(_host(y), 2.0 * x)
-    np.testing.assert_allclose(_host(f_jvp(np.ones(4))), 2.0 * np.ones(4))  # custom_lin forward
+    np.testing.assert_allclose(ft.device_get(y), 2.0 * x)
+    np.testing.assert_allclose(ft.device_get(f_jvp(np.ones(4))), 2.0 * np.ones(4))  # custom_lin forward
     ft.typecheck_jaxpr(f_jvp.jaxpr)
 
 
@@ -311,7 +306,7 @@ def test_clip_gradient_under_vmap_and_staging(backend):
     np.testing.assert_allclose(per_row, expected, rtol=1e-12)
     np.testing.assert_allclose(backend(ft.vmap(lambda v: clip_gradient(-1.0, 1.0, v)))(xs), xs)
     np.testing.assert_allclose(_staged(ft.grad(_clipped))(xs[0]), expected[0], rtol=1e-12)
-    np.testing.assert_allclose(_host(ft.grad(backend.jit(_clipped))(xs[0])), expected[0],
+    np.testing.assert_allclose(ft.device_get(ft.grad(backend.jit(_clipped))(xs[0])), expected[0],
                                rtol=1e-12)
     for fn, arg in ((ft.grad(_clipped), xs[0]), (ft.vmap(ft.grad(_clipped)), xs),
                     (lambda v: ft.jvp(_clipped, (v,), (v,)), xs[0])):
@@ -470,7 +465,7 @@ def test_checkpoint_under_every_transformation(backend):
     np.testing.assert_allclose(backend(ft.grad(lambda m: fnp.sum(ft.vmap(f)(m))))(xs),
                                ft.grad(lambda m: fnp.sum(ft.vmap(_chain)(m)))(xs))
     for g in (_staged(ft.grad(f)), ft.grad(backend.jit(f))):
-        np.testing.assert_allclose(_host(g(x)), ft.grad(_chain)(x), rtol=1e-12)
+        np.testing.assert_allclose(ft.device_get(g(x)), ft.grad(_chain)(x), rtol=1e-12)
     closed = ft.make_jaxpr(ft.grad(f))(x)
     ft.typecheck_jaxpr(closed)
     check_grads(backend.jit(f), (x,), order=2)

@@ -109,24 +109,6 @@ def _tol(dtype):
     return dict(rtol=2e-6, atol=2e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
 
 
-# Jitted functions made once per back end and function: hypothesis examples that repeat an
-# argument signature reuse the compiled program, as repeated calls do (a new shape, dtype or
-# weak type retraces, which the examples check too).
-_JITTED = {}
-
-
-def _jitted(backend, f):
-    key = (backend.name, f)
-    if key not in _JITTED:
-        _JITTED[key] = backend(f)
-    return _JITTED[key]
-
-
-def _host(tree):
-    """Results fetched to the host (a GPU back end's outputs are device arrays)."""
-    return ft.device_get(tree)
-
-
 def _via_jaxpr(f, *args):
     closed = ft.make_jaxpr(f)(*args)
     typecheck_jaxpr(closed)
@@ -144,7 +126,7 @@ def test_unary_matches_reference(backend, name, dtype, shape, data):
     f, ref = UNARY[name][:2]
     x = _sample(name, dtype, shape, data)
     expected = np.asarray(ref(x))
-    out = _jitted(backend, f)(x)
+    out = backend.once(f)(x)
     assert isinstance(out, ft.Array)
     assert out.shape == expected.shape == x.shape
     assert out.dtype == expected.dtype, (out.dtype, expected.dtype)
@@ -173,17 +155,17 @@ def test_unary_transformed_jaxprs_typecheck(backend, name):
     typecheck_jaxpr(closed)
     vm = ft.make_jaxpr(ft.vmap(f))(x)
     typecheck_jaxpr(vm)
-    np.testing.assert_allclose(_host(eval_jaxpr(vm.jaxpr, vm.consts, x)[0]), eager(x),
+    np.testing.assert_allclose(ft.device_get(eval_jaxpr(vm.jaxpr, vm.consts, x)[0]), eager(x),
                                rtol=1e-12)
     if UNARY[name][4]:
         g = ft.make_jaxpr(ft.grad(lambda v: f(v).sum()))(x)
         typecheck_jaxpr(g)
         j = ft.make_jaxpr(lambda v, t: ft.jvp(f, (v,), (t,)))(x, np.ones_like(x))
         typecheck_jaxpr(j)
-        primal, tangent = _host(eval_jaxpr(j.jaxpr, j.consts, x, np.ones_like(x)))
+        primal, tangent = ft.device_get(eval_jaxpr(j.jaxpr, j.consts, x, np.ones_like(x)))
         np.testing.assert_allclose(primal, eager(x), rtol=1e-12)
         np.testing.assert_allclose(
-            tangent, _host(eval_jaxpr(g.jaxpr, g.consts, x)[0]), rtol=1e-10)
+            tangent, ft.device_get(eval_jaxpr(g.jaxpr, g.consts, x)[0]), rtol=1e-10)
 
 
 @pytest.mark.parametrize("name", list(UNARY))
@@ -209,7 +191,7 @@ def test_fourth_derivatives_closed_forms(backend):
     # of the pjit call).
     x = 0.7
     third = ft.grad(ft.grad(ft.grad(backend.jit(lax.tanh))))
-    _, fourth = _host(ft.jvp(third, (x,), (1.0,)))
+    _, fourth = ft.device_get(ft.jvp(third, (x,), (1.0,)))
     t = math.tanh(x)
     np.testing.assert_allclose(fourth, 8 * t * (1 - t * t) * (2 - 3 * t * t), rtol=1e-10)
 
@@ -255,7 +237,7 @@ def test_binary_matches_reference(backend, name, dtype, shapes, data):
     x = data.draw(hnp.arrays(dtype, shapes[0], elements=_floats(dtype, *xr)))
     y = data.draw(hnp.arrays(dtype, shapes[1], elements=_floats(dtype, *yr)))
     expected = np.asarray(ref(x, y))
-    out = _jitted(backend, f)(x, y)
+    out = backend.once(f)(x, y)
     assert out.shape == expected.shape and out.dtype == expected.dtype
     np.testing.assert_allclose(out, expected, **_tol(dtype))
     if not backend.is_jit:  # under jit the program is staged already

@@ -91,24 +91,6 @@ def _tol(dtype):
     return dict(rtol=5e-6, atol=5e-6) if dtype == F32 else dict(rtol=1e-11, atol=1e-12)
 
 
-# Jitted functions made once per back end and function: hypothesis examples that repeat an
-# argument signature reuse the compiled program, as repeated calls do (a new shape, dtype or
-# weak type retraces, which the examples check too).
-_JITTED = {}
-
-
-def _jitted(backend, f):
-    key = (backend.name, f)
-    if key not in _JITTED:
-        _JITTED[key] = backend(f)
-    return _JITTED[key]
-
-
-def _host(tree):
-    """Results fetched to the host (a GPU back end's outputs are device arrays)."""
-    return ft.device_get(tree)
-
-
 def _via_jaxpr(f, *args):
     closed = ft.make_jaxpr(f)(*args)
     typecheck_jaxpr(closed)
@@ -148,7 +130,7 @@ def test_unary_matches_numpy(backend, name, shape, data):
         x = np.where(x == 0, 1, x).astype(dtype)
     f = getattr(fnp, name)
     expected = _reference(name, x)
-    out = _jitted(backend, f)(x)
+    out = backend.once(f)(x)
     _check_same(out, expected, dtype)
     if name not in ("positive", "real", "conj", "conjugate") or dtype != BOOL:
         assert isinstance(out, ft.Array)
@@ -267,7 +249,7 @@ def test_binary_matches_numpy(backend, name, shapes, data):
     f = getattr(fnp, name)
     expected = getattr(np, name)(x, y)
     # Python scalars are jit arguments too (weak-typed inputs).
-    out = _jitted(backend, f)(x, y)
+    out = backend.once(f)(x, y)
     dtype = np.asarray(expected).dtype
     _check_same(out, expected, F32 if F32 in (kx, ky) else F64)
     if not backend.is_jit:  # under jit the program is staged already

@@ -2074,8 +2074,7 @@ class _Tiered:
         self.source = self._UNSET
         self.in_avals = in_avals
         self.out_avals = out_avals
-        self.consts = [np.ascontiguousarray(c) if np.ndim(c) else np.asarray(c)[()]
-                       for c in consts]
+        self.consts = _kernel_consts(consts)
         self.calls = 0
         self.fast = None
         self.on_disk_at = min(SMALL_TIER_ON_DISK, SMALL_TIER_CALLS)
@@ -2107,12 +2106,8 @@ class _Tiered:
         try:
             mod, _, _ = cache.load_module(self.source)
             kern = mod.kernel
-            conv = []
-            for a in self.in_avals:
-                dt = a.dtype
-                conv.append((lambda x, t=dt.type: t(np.asarray(x).reshape(())[()])) if a.shape == ()
-                            else (lambda x, dt=dt: np.ascontiguousarray(x, dt)))
-            consts = tuple(self.consts)
+            conv = [_kernel_arg(a) for a in self.in_avals]
+            consts = self.consts
             outs = [(a.shape == (), a.dtype) for a in self.out_avals]
             wrap = _wrap_out
 
@@ -2469,6 +2464,12 @@ def _while_tier(eqn):
                      list(cconsts) + list(bconsts), "while loop")
 
 
+def _kernel_consts(consts):
+    """Constants as a generated numba function takes them: contiguous arrays, 0-d ones as
+    numpy scalars."""
+    return tuple(np.ascontiguousarray(c) if np.ndim(c) else np.asarray(c)[()] for c in consts)
+
+
 def _kernel_arg(aval):
     """Converts a driver value to what a generated numba function takes for ``aval``: a
     contiguous base ndarray of its dtype, or a numpy scalar for 0-d values."""
@@ -2516,8 +2517,7 @@ class _LoopTier:
         self.source = source
         self.in_avals, self.out_avals = in_avals, out_avals
         self.label = label   # what the loop is, for as_text ("scan of 100 steps")
-        self.body_consts = tuple(np.ascontiguousarray(c) if np.ndim(c) else np.asarray(c)[()]
-                                 for c in body_consts)
+        self.body_consts = _kernel_consts(body_consts)
         self.fast = None
         self.done = False    # tiered up, or given up
         self.calls = 0
